@@ -1,0 +1,1 @@
+"""dreamarcade's command line and Pygame player."""
