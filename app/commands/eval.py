@@ -1,0 +1,147 @@
+"""`dreamarcade eval`: score weights on real games, aggregate results, measure world-model fidelity.
+
+Three modes:
+  --aggregate RESULTS.json   mean / median / IQM of human-normalized scores with bootstrap CIs (+ --plot)
+  --fidelity                 the world model against the real emulator, same context and actions
+  (default) --game G         test episodes of the agent under the Atari 100k protocol
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DESCRIPTION = """\
+Score an agent on the real game (default), aggregate per-seed results across games (--aggregate),
+or measure how closely the world model follows the real emulator (--fidelity).
+
+examples:
+  dreamarcade eval --game Breakout --episodes 100 --json breakout.json
+  dreamarcade eval --aggregate results.json --plot results.png     (results: {"Game": [score per seed]})
+  dreamarcade eval --aggregate diamond                             (DIAMOND's published seeds)
+  dreamarcade eval --fidelity --game Breakout --horizon 50 --out fidelity/
+"""
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--aggregate", metavar="RESULTS", help='JSON {"Game": [score per run, ...]}, or "diamond"')
+    mode.add_argument("--fidelity", action="store_true", help="compare world-model rollouts with the real emulator")
+    p.add_argument("--weights", metavar="SOURCE", default=None,
+                   help="local path, hf://OWNER/REPO[/PATH][@REV], or diamond (default: shipped weights, else diamond)")
+    p.add_argument("--game", help="game name, e.g. Breakout (see `dreamarcade games`)")
+    p.add_argument("--episodes", type=int, default=100, help="test episodes (default 100, as the protocol)")
+    p.add_argument("--num-envs", type=int, default=8, help="episodes played in parallel (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of envs, policy sampling and bootstrap (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
+    p.add_argument("--plot", metavar="OUT.png", help="with --aggregate: save a comparison plot")
+    p.add_argument("--compare", metavar="RESULTS", nargs="+", default=[],
+                   help="with --aggregate: more results files to show in the plot and table")
+    p.add_argument("--reps", type=int, default=50_000, help="bootstrap replications (default 50000, as rliable)")
+    p.add_argument("--horizon", type=int, default=50, help="with --fidelity: imagined steps (default 50)")
+    p.add_argument("--contexts", type=int, default=8, help="with --fidelity: rollouts compared (default 8)")
+    p.add_argument("--denoising-steps", type=int, default=None, help="with --fidelity: sampler steps (default: model's)")
+    p.add_argument("--policy", choices=("agent", "random"), default="agent",
+                   help="with --fidelity: who picks the action sequence (default agent)")
+    p.add_argument("--out", metavar="DIR", default="fidelity", help="with --fidelity: output folder (default fidelity/)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.aggregate:
+        return _run_aggregate(args)
+    if not args.game:
+        raise ValueError("--game is required (or use --aggregate RESULTS.json)")
+    if args.fidelity:
+        return _run_fidelity(args)
+    return _run_episodes(args)
+
+
+def _write_json(path: str | None, obj: dict) -> None:
+    if path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(obj, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _run_aggregate(args: argparse.Namespace) -> int:
+    from training.aggregate import BootstrapConfig, aggregate, load_results, plot_aggregates
+
+    if args.reps < 1:
+        raise ValueError("--reps must be at least 1")
+    cfg = BootstrapConfig(reps=args.reps, seed=args.seed)
+    summary = aggregate(load_results(args.aggregate), cfg)
+    label = "DIAMOND (published)" if args.aggregate.lower() == "diamond" else Path(args.aggregate).stem
+    summaries = {label: summary}
+    for other in args.compare:
+        other_label = "DIAMOND (published)" if other.lower() == "diamond" else Path(other).stem
+        summaries[other_label] = aggregate(load_results(other), cfg)
+
+    rows = [[g, f"{d['mean_score']:.1f}", f"{d['hns']:.3f}"] for g, d in summary["games"].items()]
+    print(_table(["game", "mean score", "HNS"], rows))
+    print()
+    pct = int(round(100 * cfg.confidence))
+    rows = []
+    for name, s in summaries.items():
+        for m, title in (("mean", "mean HNS"), ("median", "median HNS"), ("iqm", "IQM HNS"), ("superhuman", "games > human")):
+            v, (lo, hi) = s[m]["value"], s[m]["ci"]
+            fmt = "{:.0f}" if m == "superhuman" else "{:.3f}"
+            rows.append([name, title, fmt.format(v), f"[{fmt.format(lo)}, {fmt.format(hi)}]"])
+    print(_table(["results", "metric", "value", f"{pct}% CI"], rows))
+    print(f"({summary['num_games']} games x {summary['num_runs']} runs, stratified bootstrap, {cfg.reps} reps)")
+    _write_json(args.json, summary)
+    if args.plot:
+        if "DIAMOND (published)" not in summaries:
+            summaries["DIAMOND (published)"] = aggregate(load_results("diamond"), cfg)
+        print(f"wrote {plot_aggregates(summaries, args.plot)}")
+    return 0
+
+
+def _run_episodes(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_weights
+
+    if args.episodes < 1 or args.num_envs < 1:
+        raise ValueError("--episodes and --num-envs must be at least 1")
+    result = evaluate_weights(args.weights, args.game, episodes=args.episodes, seed=args.seed,
+                              num_envs=args.num_envs, device=args.device, progress=True)
+    rows = [[str(i), f"{r:.1f}", str(n)] for i, (r, n) in enumerate(zip(result["returns"], result["lengths"]))]
+    if len(rows) > 20:
+        rows = rows[:10] + [["...", "", ""]] + rows[-5:]
+    print(_table(["episode", "return", "steps"], rows))
+    print()
+    print(_table(["game", "episodes", "mean return", "std", "HNS"],
+                 [[result["game"], str(result["episodes"]), f"{result['mean_return']:.1f}",
+                   f"{result['std_return']:.1f}", f"{result['hns']:.3f}"]]))
+    _write_json(args.json, result)
+    return 0
+
+
+def _run_fidelity(args: argparse.Namespace) -> int:
+    from training.fidelity import FidelityConfig, measure_fidelity_of_weights
+
+    if args.horizon < 1 or args.contexts < 1:
+        raise ValueError("--horizon and --contexts must be at least 1")
+    cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
+                         denoising_steps=args.denoising_steps, policy=args.policy)
+    result = measure_fidelity_of_weights(args.weights, args.game, cfg, out_dir=args.out, device=args.device)
+    steps = result["horizon"]
+    marks = sorted({1, min(5, steps), min(10, steps), min(25, steps), steps})
+    rows = [[str(t), f"{result['psnr'][t - 1]:.2f}", f"{result['ssim'][t - 1]:.3f}"] for t in marks]
+    print(_table(["step", "PSNR (dB)", "SSIM"], rows))
+    print()
+    print(_table(["game", "mean PSNR", "mean SSIM", "reward acc.", "end acc."],
+                 [[result["game"], f"{result['mean_psnr']:.2f}", f"{result['mean_ssim']:.3f}",
+                   f"{result['reward_accuracy']:.3f}", f"{result['end_accuracy']:.3f}"]]))
+    print(f"wrote {result['strip']}")
+    _write_json(args.json or str(Path(args.out) / "fidelity.json"), result)
+    return 0
