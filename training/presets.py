@@ -1,0 +1,124 @@
+"""Training configurations: frozen dataclasses and the presets users pick with `--preset`.
+
+`atari100k()` is the paper's protocol (diamond.md section 4); the others scale it down. Values known only at
+run time (the game) come in through `dataclasses.replace(cfg, game=...)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from training.optim import OptimConfig
+
+
+@dataclass(frozen=True)
+class ModelTraining:
+    """How one model is trained: its optimizer, batch size and number of updates per epoch."""
+
+    optim: OptimConfig
+    batch_size: int = 32
+    steps_first_epoch: int = 10_000
+    steps_per_epoch: int = 400
+    seq_length: int = 6  # segment length sampled from the store (denoiser 6 = 4 context + 2 targets)
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    """Actor-critic training in the world model (diamond.md 1.6 and 3.4); the number of imagined envs is
+    `TrainConfig.actor_critic.batch_size`."""
+
+    horizon: int = 15  # imagined steps per update (`backup_every`), also the imagined episode length
+    gamma: float = 0.985
+    lam: float = 0.95
+    weight_value_loss: float = 1.0
+    weight_entropy_loss: float = 0.001
+    denoising_steps: int = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    game: str = ""
+    model: str = "atari100k"  # a preset of `model.presets`
+    seed: int | None = None  # None: a random seed, drawn once and stored in config.json
+    # Real data (diamond.md 4.1, 4.2)
+    total_real_steps: int = 100_000
+    initial_steps_min: int = 5_000
+    initial_steps_max: int = 10_000
+    initial_min_rare_rewards: int = 10  # keep collecting until the two rarest sign(rew) classes sum to this
+    collect_steps_per_epoch: int = 100
+    num_final_epochs: int = 50  # epochs of training only, after the last collection
+    epsilon: float = 0.01  # train collection: with this probability every env acts uniformly at random
+    sample_weights: tuple[float, ...] = (0.1, 0.1, 0.1, 0.7)  # episode quarters, oldest to newest
+    # Evaluation
+    eval_every: int = 10
+    eval_episodes: int = 4
+    final_eval_episodes: int = 100
+    # Models
+    denoiser: ModelTraining = ModelTraining(OptimConfig(1e-4, 1e-2, 1.0), seq_length=6)
+    rew_end: ModelTraining = ModelTraining(OptimConfig(1e-4, 1e-2, 100.0), seq_length=19)
+    actor_critic: ModelTraining = ModelTraining(OptimConfig(1e-4, 0.0, 100.0), 32, 5_000, 400, seq_length=4)
+    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        d["sample_weights"] = tuple(d.get("sample_weights", ()))
+        for key in ("denoiser", "rew_end", "actor_critic"):
+            if key in d:
+                m = dict(d[key])
+                m["optim"] = OptimConfig(**m["optim"])
+                d[key] = ModelTraining(**m)
+        if "imagination" in d:
+            d["imagination"] = ImaginationConfig(**d["imagination"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    @property
+    def num_collect_epochs(self) -> int:
+        """Epochs with collection after the initial one (the exact count depends on the initial collection)."""
+        return max(0, (self.total_real_steps - self.initial_steps_min) // max(1, self.collect_steps_per_epoch))
+
+
+def _updates(cfg: TrainConfig, first: tuple[int, int, int], per_epoch: tuple[int, int, int]) -> TrainConfig:
+    d, r, a = (dataclasses.replace(m, steps_first_epoch=f, steps_per_epoch=p) for m, f, p in
+               zip((cfg.denoiser, cfg.rew_end, cfg.actor_critic), first, per_epoch))
+    return dataclasses.replace(cfg, denoiser=d, rew_end=r, actor_critic=a)
+
+
+def atari100k() -> TrainConfig:
+    """The paper's protocol: 100k real steps, 1000 epochs, 400 updates per model per epoch (~3 GPU-days)."""
+    return TrainConfig()
+
+
+def consumer() -> TrainConfig:
+    """The paper's models and data budget with a quarter of the updates: about a day on one consumer GPU."""
+    cfg = dataclasses.replace(atari100k(), num_final_epochs=20, final_eval_episodes=30)
+    return _updates(cfg, (2_500, 2_500, 1_250), (100, 100, 100))
+
+
+def tiny() -> TrainConfig:
+    """A tiny model and a few hundred real steps: runs end to end on a CPU in minutes (tests, smoke runs)."""
+    cfg = TrainConfig(model="tiny", total_real_steps=400, initial_steps_min=200, initial_steps_max=300,
+                      initial_min_rare_rewards=0, collect_steps_per_epoch=100, num_final_epochs=1,
+                      eval_every=2, eval_episodes=1, final_eval_episodes=1,
+                      imagination=ImaginationConfig(horizon=4, denoising_steps=1))
+    cfg = _updates(cfg, (3, 3, 2), (2, 2, 1))
+    small = {"batch_size": 4}
+    return dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, **small),
+                               rew_end=dataclasses.replace(cfg.rew_end, **small, seq_length=8),
+                               actor_critic=dataclasses.replace(cfg.actor_critic, **small))
+
+
+PRESETS = {"atari100k": atari100k, "consumer": consumer, "tiny": tiny}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,65 @@
+"""Catch: a tiny image-based game for tests, shaped like the Atari training env (64x64x3 uint8 frames).
+
+A ball falls one cell per step down a 4x4 grid; the paddle on the bottom row moves left, right or stays.
+When the ball reaches the bottom row the episode ends with +1 if the paddle is under it, else -1.
+A random policy scores about -0.5; a perfect one +1. It learns in CPU minutes, so the full loop (world
+model + agent trained in imagination) can be tested honestly in CI.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+GRID = 4  # cells per side
+CELL = 16  # pixels per cell: 4 * 16 = 64
+BALL_COLOR = (255, 64, 64)
+PADDLE_COLOR = (64, 255, 64)
+ACTION_MEANINGS = ["NOOP", "LEFT", "RIGHT"]
+TOY_GAMES = ("Catch",)
+
+
+class CatchEnv(gym.Env):
+    """Observations (64, 64, 3) uint8 (HWC, as gymnasium); actions 0 NOOP, 1 LEFT, 2 RIGHT; reward +1/-1 at the end."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 8}
+
+    def __init__(self, render_mode: str | None = "rgb_array") -> None:
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(0, 255, (GRID * CELL, GRID * CELL, 3), np.uint8)
+        self.action_space = gym.spaces.Discrete(len(ACTION_MEANINGS))
+        self.ball_row = self.ball_col = self.paddle_col = 0
+
+    def get_action_meanings(self) -> list[str]:
+        return list(ACTION_MEANINGS)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.ball_row = 0
+        self.ball_col = int(self.np_random.integers(GRID))
+        self.paddle_col = int(self.np_random.integers(GRID))
+        return self._frame(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"invalid action {action!r} for Catch (0 NOOP, 1 LEFT, 2 RIGHT)")
+        move = (0, -1, 1)[int(action)]
+        self.paddle_col = min(GRID - 1, max(0, self.paddle_col + move))
+        self.ball_row += 1
+        terminated = self.ball_row == GRID - 1
+        reward = (1.0 if self.ball_col == self.paddle_col else -1.0) if terminated else 0.0
+        return self._frame(), reward, terminated, False, {}
+
+    def render(self) -> np.ndarray:
+        return self._frame()
+
+    def _frame(self) -> np.ndarray:
+        frame = np.zeros(self.observation_space.shape, np.uint8)
+        r, c = self.ball_row * CELL, self.ball_col * CELL
+        frame[r + 2:r + 9, c + 4:c + CELL - 4] = BALL_COLOR  # upper part of the cell
+        p = self.paddle_col * CELL
+        frame[(GRID - 1) * CELL + 11:, p + 1:p + CELL - 1] = PADDLE_COLOR  # bottom of the last row, under the ball
+        return frame
+
+
+if "dreamarcade/Catch-v0" not in gym.registry:
+    gym.register("dreamarcade/Catch-v0", entry_point=CatchEnv)
