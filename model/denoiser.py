@@ -1,0 +1,161 @@
+"""The EDM denoiser of the next frame, conditioned on the 4 previous frames and actions (diamond.md 1.2-1.3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.batch import Batch
+from model.blocks import FourierFeatures, GroupNorm, conv3x3
+from model.pixels import quantize
+from model.unet import UNet
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    img_channels: int = 3
+    num_steps_conditioning: int = 4
+    cond_channels: int = 256
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    channels: tuple[int, ...] = (64, 64, 64, 64)
+    attn_depths: tuple[bool, ...] = (False, False, False, False)
+    sigma_data: float = 0.5
+    sigma_offset_noise: float = 0.3
+    # training noise levels: ln(sigma) ~ N(loc, scale), clipped to [min, max]
+    train_sigma_loc: float = -0.4
+    train_sigma_scale: float = 1.2
+    train_sigma_min: float = 2e-3
+    train_sigma_max: float = 20.0
+
+
+@dataclass
+class Conditioners:
+    """EDM preconditioners, c_in / c_out / c_skip as (B, 1, 1, 1) and c_noise as (B,)."""
+
+    c_in: Tensor
+    c_out: Tensor
+    c_skip: Tensor
+    c_noise: Tensor
+
+
+class InnerModel(nn.Module):
+    """The network F: (c_in * x (B, 3, H, W), c_noise (B,), frames / sigma_data (B, 4*3, H, W), act (B, 4))
+    -> (B, 3, H, W). Noise and action embeddings are summed, then an MLP gives the AdaGroupNorm condition."""
+
+    def __init__(self, cfg: DenoiserConfig, num_actions: int) -> None:
+        super().__init__()
+        if cfg.cond_channels % cfg.num_steps_conditioning:
+            raise ValueError("cond_channels must be a multiple of num_steps_conditioning")
+        self.noise_emb = FourierFeatures(cfg.cond_channels)
+        self.act_emb = nn.Sequential(
+            nn.Embedding(num_actions, cfg.cond_channels // cfg.num_steps_conditioning),
+            nn.Flatten(),  # (B, T, E) -> (B, T*E), time order
+        )
+        self.cond_proj = nn.Sequential(
+            nn.Linear(cfg.cond_channels, cfg.cond_channels),
+            nn.SiLU(),
+            nn.Linear(cfg.cond_channels, cfg.cond_channels),
+        )
+        self.conv_in = conv3x3((cfg.num_steps_conditioning + 1) * cfg.img_channels, cfg.channels[0])
+        self.unet = UNet(cfg.cond_channels, list(cfg.depths), list(cfg.channels), list(cfg.attn_depths))
+        self.norm_out = GroupNorm(cfg.channels[0])
+        self.conv_out = conv3x3(cfg.channels[0], cfg.img_channels)
+        nn.init.zeros_(self.conv_out.weight)
+
+    def forward(self, noisy_next_obs: Tensor, c_noise: Tensor, obs: Tensor, act: Tensor) -> Tensor:
+        cond = self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
+        x = self.conv_in(torch.cat((obs, noisy_next_obs), dim=1))  # conditioning frames first
+        x = self.unet(x, cond)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class Denoiser(nn.Module):
+    """D(x; sigma) = c_skip * x + c_out * F(c_in * x, c_noise, obs / sigma_data, act), EDM (Karras et al. 2022)."""
+
+    def __init__(self, cfg: DenoiserConfig, num_actions: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.inner_model = InnerModel(cfg, num_actions)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner_model.noise_emb.weight.device
+
+    def conditioners(self, sigma: Tensor) -> Conditioners:
+        """sigma (B,) -> preconditioners. As the reference, the offset noise is folded into sigma everywhere
+        (also at sampling time, when none is added): the released weights expect it."""
+        sigma = (sigma**2 + self.cfg.sigma_offset_noise**2).sqrt()
+        c_in = 1 / (sigma**2 + self.cfg.sigma_data**2).sqrt()
+        c_skip = self.cfg.sigma_data**2 / (sigma**2 + self.cfg.sigma_data**2)
+        c_out = sigma * c_skip.sqrt()
+        c_noise = sigma.log() / 4
+        per_pixel = (c.reshape(-1, 1, 1, 1) for c in (c_in, c_out, c_skip))
+        return Conditioners(*per_pixel, c_noise=c_noise.reshape(-1))
+
+    def network_output(self, noisy_next_obs: Tensor, obs: Tensor, act: Tensor, cs: Conditioners) -> Tensor:
+        """F for noisy_next_obs (B, 3, H, W), obs (B, 4, 3, H, W) or (B, 12, H, W) in [-1, 1], act (B, 4)."""
+        if obs.ndim == 5:
+            obs = obs.flatten(1, 2)
+        return self.inner_model(noisy_next_obs * cs.c_in, cs.c_noise, obs / self.cfg.sigma_data, act)
+
+    @torch.no_grad()
+    def wrap_output(self, noisy_next_obs: Tensor, output: Tensor, cs: Conditioners) -> Tensor:
+        """D from F, clamped to [-1, 1] and floored to 8 bits as the reference (diamond.md 8.3); no gradient."""
+        return quantize(cs.c_skip * noisy_next_obs + cs.c_out * output)
+
+    @torch.no_grad()
+    def denoise(self, noisy_next_obs: Tensor, sigma: Tensor | float, obs: Tensor, act: Tensor) -> Tensor:
+        """The reference's denoised estimate of the next frame.
+
+        noisy_next_obs (B, 3, H, W); sigma (B,) or a scalar; obs (B, 4, 3, H, W) in [-1, 1]; act (B, 4) long
+        -> (B, 3, H, W) in [-1, 1], quantised to 8 bits.
+        """
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=noisy_next_obs.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(noisy_next_obs.shape[0])
+        cs = self.conditioners(sigma)
+        return self.wrap_output(noisy_next_obs, self.network_output(noisy_next_obs, obs, act, cs), cs)
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Training noise levels (n,): log-normal, clipped (diamond.md 1.2)."""
+        c = self.cfg
+        s = torch.randn(n, device=self.device, generator=generator) * c.train_sigma_scale + c.train_sigma_loc
+        return s.exp().clip(c.train_sigma_min, c.train_sigma_max)
+
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
+        """Mean squared error in F-space over the non-padded targets (EDM's lambda = 1 / c_out^2 weighting).
+
+        batch.obs (B, T, 3, H, W) with T = num_steps_conditioning + 1 + autoregressive steps (6 for Atari).
+        Target t >= 4 is conditioned on the 4 frames before it, where frames at index >= 4 are replaced by
+        the model's own quantised one-step estimate (made at that step's random sigma), as the reference.
+        """
+        n = self.cfg.num_steps_conditioning
+        num_targets = batch.obs.shape[1] - n
+        if num_targets < 1:
+            raise ValueError(f"denoiser loss needs more than {n} frames, got {batch.obs.shape[1]}")
+        frames = list(batch.obs.unbind(1))
+        b, c = frames[0].shape[:2]
+        loss = batch.obs.new_zeros(())
+        for i in range(num_targets):
+            obs = torch.cat(frames[i : n + i], dim=1)  # (B, n*3, H, W), time order
+            act = batch.act[:, i : n + i]
+            next_obs = frames[n + i]
+            mask = batch.mask[:, n + i].to(next_obs.dtype).reshape(-1, 1, 1, 1)
+
+            sigma = self.sample_sigma(b, generator)
+            offset = self.cfg.sigma_offset_noise * torch.randn(b, c, 1, 1, device=self.device, generator=generator)
+            eps = torch.randn(next_obs.shape, device=self.device, generator=generator)
+            noisy_next_obs = next_obs + offset + eps * sigma.reshape(-1, 1, 1, 1)
+
+            cs = self.conditioners(sigma)
+            output = self.network_output(noisy_next_obs, obs, act, cs)
+            target = (next_obs - cs.c_skip * noisy_next_obs) / cs.c_out
+            # mean over the elements of non-padded targets (= F.mse_loss on the masked rows, never NaN)
+            num = (mask.sum() * next_obs[0].numel()).clamp(min=1)
+            loss = loss + ((output - target) ** 2 * mask).sum() / num
+
+            if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
+                frames[n + i] = self.wrap_output(noisy_next_obs, output, cs)
+        return loss / num_targets

@@ -1,0 +1,32 @@
+"""Agent configurations by name: functions returning `AgentConfig`s."""
+from __future__ import annotations
+
+from model.actor_critic import ActorCriticConfig
+from model.agent import AgentConfig
+from model.denoiser import DenoiserConfig
+from model.rew_end import RewEndConfig
+
+
+def atari100k(num_actions: int) -> AgentConfig:
+    """The reference's Atari 100k configuration (diamond.md 1): 13.5 M parameters for 4 actions."""
+    return AgentConfig(
+        num_actions=num_actions,
+        denoiser=DenoiserConfig(),
+        rew_end=RewEndConfig(),
+        actor_critic=ActorCriticConfig(),
+        img_size=64,
+    )
+
+
+def tiny(num_actions: int) -> AgentConfig:
+    """A few hundred thousand parameters with the same structure, for tests: still runs on 64x64 frames."""
+    return AgentConfig(
+        num_actions=num_actions,
+        denoiser=DenoiserConfig(cond_channels=32, depths=(1, 1, 1, 1), channels=(16, 16, 16, 16)),
+        rew_end=RewEndConfig(lstm_dim=32, cond_channels=16, depths=(1, 1, 1, 1), channels=(8, 8, 8, 8)),
+        actor_critic=ActorCriticConfig(lstm_dim=32, channels=(8, 8, 16, 16)),
+        img_size=64,
+    )
+
+
+PRESETS = {"atari100k": atari100k, "tiny": tiny}

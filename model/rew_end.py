@@ -1,0 +1,89 @@
+"""The reward / episode-end model: per-transition encoder, LSTM over time, 3 reward and 2 end classes
+(diamond.md 1.5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.batch import Batch
+from model.blocks import Downsample, ResBlocks, conv3x3, init_lstm
+
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each (1, B, lstm_dim) as nn.LSTM
+
+
+@dataclass(frozen=True)
+class RewEndConfig:
+    lstm_dim: int = 512
+    img_channels: int = 3
+    cond_channels: int = 128
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    channels: tuple[int, ...] = (32, 32, 32, 32)
+    attn_depths: tuple[bool, ...] = (False, False, False, False)
+
+
+class RewEndEncoder(nn.Module):
+    """(B, 2*3, H, W) frame pair, cond (B, cond_channels) -> (B, channels[-1], H / 2^(L-1), W / 2^(L-1))."""
+
+    def __init__(self, cfg: RewEndConfig) -> None:
+        super().__init__()
+        ch = cfg.channels
+        self.conv_in = conv3x3(2 * cfg.img_channels, ch[0])
+        blocks = []
+        for i, n in enumerate(cfg.depths):
+            c_prev, c = ch[max(0, i - 1)], ch[i]
+            blocks.append(ResBlocks([c_prev] + [c] * (n - 1), [c] * n, cfg.cond_channels, bool(cfg.attn_depths[i])))
+        blocks.append(ResBlocks([ch[-1]] * 2, [ch[-1]] * 2, cfg.cond_channels, attn=True))
+        self.blocks = nn.ModuleList(blocks)
+        self.downsamples = nn.ModuleList([nn.Identity()] + [Downsample(c) for c in ch[:-1]] + [nn.Identity()])
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        x = self.conv_in(x)
+        for block, down in zip(self.blocks, self.downsamples):
+            x, _ = block(down(x), cond)
+        return x
+
+
+class RewEndModel(nn.Module):
+    def __init__(self, cfg: RewEndConfig, num_actions: int, img_size: int = 64) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = RewEndEncoder(cfg)
+        self.act_emb = nn.Embedding(num_actions, cfg.cond_channels)  # conditions AdaGN directly, no MLP
+        side = img_size // 2 ** (len(cfg.depths) - 1)
+        self.lstm = nn.LSTM(cfg.channels[-1] * side * side, cfg.lstm_dim, batch_first=True)
+        self.head = nn.Sequential(
+            nn.Linear(cfg.lstm_dim, cfg.lstm_dim),
+            nn.SiLU(),
+            nn.Linear(cfg.lstm_dim, 3 + 2, bias=False),
+        )
+        init_lstm(self.lstm)
+
+    def forward(
+        self, obs: Tensor, act: Tensor, next_obs: Tensor, state: LSTMState | None = None
+    ) -> tuple[Tensor, Tensor, LSTMState]:
+        """obs, next_obs (B, T, 3, H, W) in [-1, 1]; act (B, T) long; state (h, c) each (1, B, lstm_dim) or None
+        (zeros) -> (rew_logits (B, T, 3) for rewards {-1, 0, 1}, end_logits (B, T, 2), state)."""
+        b, t = act.shape
+        x = torch.cat((obs.flatten(0, 1), next_obs.flatten(0, 1)), dim=1)
+        x = self.encoder(x, self.act_emb(act.reshape(b * t)))
+        x, state = self.lstm(x.reshape(b, t, -1), state)
+        logits = self.head(x)
+        return logits[..., :3], logits[..., 3:], state
+
+    def loss(self, batch: Batch) -> Tensor:
+        """Cross-entropy of reward sign and end over the real transitions of batch (T = 19 for Atari gives 18).
+        No class weights, as the reference. Relies on Batch's convention that obs[:, t + 1] is the frame that
+        followed a real step t (the final observation after an episode end)."""
+        loss_rew, loss_end = self.loss_terms(batch)
+        return loss_rew + loss_end
+
+    def loss_terms(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """-> (reward cross-entropy, end cross-entropy), each a mean over the real transitions."""
+        mask = batch.mask[:, :-1]
+        rew_logits, end_logits, _ = self(batch.obs[:, :-1], batch.act[:, :-1], batch.obs[:, 1:])
+        target_rew = batch.rew[:, :-1][mask].sign().long() + 1
+        target_end = batch.end[:, :-1][mask].long()
+        return F.cross_entropy(rew_logits[mask], target_rew), F.cross_entropy(end_logits[mask], target_end)
