@@ -1,0 +1,108 @@
+"""The 26 Atari 100k games: names, ALE ids and the score constants used to normalise results.
+
+Random and human scores are the standard Atari 100k constants (IRIS's RANDOM.json / HUMAN.json, human =
+30-minute cap); DIAMOND is the mean final score of its 5 published seeds (reference/atari100k.md).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Game:
+    name: str          # canonical name, e.g. "MsPacman"
+    rom: str           # ale-py ROM id, e.g. "ms_pacman"
+    random_score: float
+    human_score: float
+    diamond_score: float  # DIAMOND, mean over 5 seeds
+
+    @property
+    def env_id(self) -> str:
+        """gymnasium id registered by ale-py, e.g. "ALE/MsPacman-v5"."""
+        return f"ALE/{self.name}-v5"
+
+    def human_normalized(self, score: float) -> float:
+        """(score - random) / (human - random)."""
+        return (score - self.random_score) / (self.human_score - self.random_score)
+
+
+_TABLE = [
+    # name, rom, random, human, DIAMOND
+    ("Alien", "alien", 227.8, 7127.7, 744.1),
+    ("Amidar", "amidar", 5.8, 1719.5, 225.8),
+    ("Assault", "assault", 222.4, 742.0, 1526.4),
+    ("Asterix", "asterix", 210.0, 8503.3, 3698.5),
+    ("BankHeist", "bank_heist", 14.2, 753.1, 19.7),
+    ("BattleZone", "battle_zone", 2360.0, 37187.5, 4702.0),
+    ("Boxing", "boxing", 0.1, 12.1, 86.9),
+    ("Breakout", "breakout", 1.7, 30.5, 132.5),
+    ("ChopperCommand", "chopper_command", 811.0, 7387.8, 1369.8),
+    ("CrazyClimber", "crazy_climber", 10780.5, 35829.4, 99167.8),
+    ("DemonAttack", "demon_attack", 152.1, 1971.0, 288.1),
+    ("Freeway", "freeway", 0.0, 29.6, 33.3),
+    ("Frostbite", "frostbite", 65.2, 4334.7, 274.1),
+    ("Gopher", "gopher", 257.6, 2412.5, 5897.9),
+    ("Hero", "hero", 1027.0, 30826.4, 5621.8),
+    ("Jamesbond", "jamesbond", 29.0, 302.8, 427.4),
+    ("Kangaroo", "kangaroo", 52.0, 3035.0, 5382.2),
+    ("Krull", "krull", 1598.0, 2665.5, 8610.1),
+    ("KungFuMaster", "kung_fu_master", 258.5, 22736.3, 18713.6),
+    ("MsPacman", "ms_pacman", 307.3, 6951.6, 1958.2),
+    ("Pong", "pong", -20.7, 14.6, 20.4),
+    ("PrivateEye", "private_eye", 24.9, 69571.3, 114.3),
+    ("Qbert", "qbert", 163.9, 13455.0, 4499.3),
+    ("RoadRunner", "road_runner", 11.5, 7845.0, 20673.2),
+    ("Seaquest", "seaquest", 68.4, 42054.7, 551.2),
+    ("UpNDown", "up_n_down", 533.4, 11693.2, 3856.3),
+]
+
+GAMES: dict[str, Game] = {row[0]: Game(*row) for row in _TABLE}
+GAME_NAMES: tuple[str, ...] = tuple(GAMES)
+
+RANDOM_SCORES = {g.name: g.random_score for g in GAMES.values()}
+HUMAN_SCORES = {g.name: g.human_score for g in GAMES.values()}
+DIAMOND_SCORES = {g.name: g.diamond_score for g in GAMES.values()}
+
+# DIAMOND section 2, measured with ALE's minimal action sets.
+MINIMAL_ACTION_COUNTS = {
+    **dict.fromkeys(["Alien", "BankHeist", "BattleZone", "Boxing", "ChopperCommand", "Frostbite", "Hero",
+                     "Jamesbond", "Kangaroo", "Krull", "PrivateEye", "RoadRunner", "Seaquest"], 18),
+    "KungFuMaster": 14, "Amidar": 10, "Asterix": 9, "CrazyClimber": 9, "MsPacman": 9, "Gopher": 8,
+    "Assault": 7, "DemonAttack": 6, "Pong": 6, "Qbert": 6, "UpNDown": 6, "Breakout": 4, "Freeway": 3,
+}
+
+
+def _key(name: str) -> str:
+    """Case- and separator-insensitive key: "ms_pacman", "Ms-Pacman", "ALE/MsPacman-v5" -> "mspacman"."""
+    name = name.strip()
+    name = re.sub(r"^ALE/", "", name, flags=re.IGNORECASE)
+    name = re.sub(r"(NoFrameskip)?-v\d+$", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[\s_\-.]", "", name).lower()
+
+
+_BY_KEY = {_key(g.name): g.name for g in GAMES.values()}
+
+
+def resolve_game(name: str) -> str:
+    """Canonical Atari 100k name for `name` ("breakout", "ms_pacman", "ALE/Pong-v5", "PongNoFrameskip-v4").
+
+    Raises ValueError with one line naming the closest games when `name` is not one of the 26.
+    """
+    found = _BY_KEY.get(_key(str(name)))
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(_key(str(name)), list(_BY_KEY), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(_BY_KEY[c] for c in close)}?" if close else "run `dreamarcade games` for the list."
+    raise ValueError(f"unknown game {name!r}: {hint}")
+
+
+def is_atari_game(name: str) -> bool:
+    """True when `name` resolves to one of the 26 Atari 100k games."""
+    return _key(str(name)) in _BY_KEY
+
+
+def get_game(name: str) -> Game:
+    """The `Game` record for any spelling accepted by `resolve_game`."""
+    return GAMES[resolve_game(name)]
