@@ -1,0 +1,187 @@
+"""`load_agent(source, game)`: every place weights can come from (DESIGN.md "Weights sources").
+
+    None                      the weights shipped in weights/shipped/{Game}.safetensors, else "diamond"
+    "diamond"                 DIAMOND's released agent for `game` (Hub repo eloialonso/diamond, pinned)
+    "hf://OWNER/REPO[/PATH][@REVISION]"
+                              a Hub repository in dreamarcade's format (agent.safetensors at PATH or
+                              the root), or a DIAMOND .pt inside one (PATH ending in .pt)
+    a local path              a dreamarcade weights directory or .safetensors file, or a DIAMOND .pt
+
+DIAMOND checkpoints from the Hub are converted to dreamarcade's format once and the converted
+copy is cached beside huggingface_hub's cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weights.diamond import load_diamond_agent
+from weights.format import WEIGHTS_FILENAME, load_agent_file, save_agent
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+DEFAULT_GAME = "Breakout"
+HF_PREFIX = "hf://"
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A parsed `hf://OWNER/REPO[/PATH][@REVISION]`."""
+
+    repo_id: str
+    path: str | None = None
+    revision: str | None = None
+
+    @property
+    def is_diamond_checkpoint(self) -> bool:
+        return self.path is not None and self.path.endswith(_TORCH_SUFFIXES)
+
+    @property
+    def filename(self) -> str:
+        """The file to download: the .pt or .safetensors named, or PATH/agent.safetensors."""
+        if self.path is None:
+            return WEIGHTS_FILENAME
+        if self.is_diamond_checkpoint or self.path.endswith(".safetensors"):
+            return self.path
+        return f"{self.path.rstrip('/')}/{WEIGHTS_FILENAME}"
+
+    def __str__(self) -> str:
+        return f"{HF_PREFIX}{self.repo_id}" + (f"/{self.path}" if self.path else "") + \
+            (f"@{self.revision}" if self.revision else "")
+
+
+def parse_hub_source(source: str) -> HubSource:
+    """Parse `hf://OWNER/REPO[/PATH][@REVISION]`; ValueError with the expected form otherwise."""
+    rest = source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source
+    revision = None
+    if "@" in rest:
+        rest, revision = rest.rsplit("@", 1)
+        if not revision:
+            raise ValueError(f"{source!r}: empty revision after '@'")
+    parts = [p for p in rest.split("/")]
+    if len(parts) < 2 or not parts[0] or not parts[1] or any(p in ("", ".", "..") for p in parts[2:]):
+        raise ValueError(f"{source!r}: expected hf://OWNER/REPO[/PATH][@REVISION]")
+    return HubSource(repo_id=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]) or None, revision=revision)
+
+
+def shipped_weights(game: str) -> Path | None:
+    """The weights file shipped with dreamarcade for `game`, if any."""
+    file = SHIPPED_DIR / f"{game}.safetensors"
+    return file if file.is_file() else None
+
+
+def describe_source(source: str | None, game: str | None) -> str:
+    """One line saying where `load_agent(source, game)` takes its weights from (no network)."""
+    game = game or DEFAULT_GAME
+    if source is None:
+        shipped = shipped_weights(game)
+        return f"shipped weights {shipped}" if shipped else f"DIAMOND's released {game} agent ({_diamond_url(game)})"
+    if source == "diamond":
+        return f"DIAMOND's released {game} agent ({_diamond_url(game)})"
+    return str(source)
+
+
+def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
+               device: str | torch.device = "cpu"):
+    """A model.Agent in eval mode on `device`, from `source` (see the module docstring).
+
+    `game` (canonical name, e.g. "Breakout") selects the shipped or DIAMOND weights; default Breakout.
+    Raises FileNotFoundError (no such file/repository), ValueError (invalid or corrupt weights,
+    naming the file), ConnectionError (offline and not cached: the message says how to get it).
+    The agent's `weights_info` dict says where the weights came from.
+    """
+    game = game or DEFAULT_GAME
+    if source is None:
+        shipped = shipped_weights(game)
+        agent = load_agent_file(shipped, device) if shipped else _load_diamond_release(game, device)
+    elif isinstance(source, str) and source == "diamond":
+        agent = _load_diamond_release(game, device)
+    elif isinstance(source, str) and source.startswith(HF_PREFIX):
+        agent = _load_hub(parse_hub_source(source), game, device)
+    else:
+        agent = load_local(source, device)
+    agent.weights_info.setdefault("game", game)
+    agent.weights_info["source"] = str(source) if source is not None else describe_source(None, game)
+    return agent
+
+
+def load_local(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A dreamarcade weights directory/file or a DIAMOND .pt checkpoint on disk."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"weights {str(path)!r} not found: give a weights directory, a .safetensors or DIAMOND .pt file, "
+            "'diamond', or hf://OWNER/REPO"
+        )
+    if path.is_file() and (path.suffix in _TORCH_SUFFIXES or _is_zip(path)):
+        return load_diamond_agent(path, device)
+    return load_agent_file(path, device)
+
+
+def _load_diamond_release(game: str, device):
+    from weights.hub import DIAMOND_REPO, DIAMOND_REVISION, diamond_filename
+
+    hint = f"run `dreamarcade download {game}` with network access first"
+    return _load_hub_diamond(DIAMOND_REPO, diamond_filename(game), DIAMOND_REVISION, game, device, hint)
+
+
+def _load_hub(source: HubSource, game: str, device):
+    from weights import hub
+
+    hint = f"connect to the network and run again (the download is then cached), or use a local path"
+    if source.is_diamond_checkpoint:
+        return _load_hub_diamond(source.repo_id, source.filename, source.revision, game, device, hint)
+    file = hub.download(source.repo_id, source.filename, source.revision, hint=hint)
+    try:
+        agent = load_agent_file(file, device)
+    except ValueError as e:
+        raise ValueError(f"{source} (cached at {file}) is not valid dreamarcade weights: {_reason(e, file)}") from None
+    agent.weights_info["hub"] = str(source)
+    return agent
+
+
+def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str, device, hint: str):
+    """Download a DIAMOND .pt from the Hub (cached), convert it once, load the converted copy."""
+    from weights import hub
+
+    url = hub.hub_url(repo_id, filename, revision)
+    file = hub.download(repo_id, filename, revision, hint=hint)
+    converted = hub.converted_path(file)
+    if converted.is_file():
+        try:
+            agent = load_agent_file(converted, device)
+            agent.weights_info["hub"] = url
+            return agent
+        except ValueError as e:  # a damaged converted copy is rebuilt from the checkpoint
+            hub.log(f"re-converting {url}: the cached conversion is unusable ({e})")
+    try:
+        agent = load_diamond_agent(file, "cpu")
+    except ValueError as e:
+        raise ValueError(f"{url} (cached at {file}) is not a valid DIAMOND agent checkpoint: {_reason(e, file)}; "
+                         f"if the download was damaged, delete that file and download again") from None
+    try:
+        save_agent(agent, converted, metadata={"game": game, "source": "diamond", "origin": url})
+    except OSError as e:  # a read-only cache still plays, it just converts again next time
+        hub.log(f"could not cache the converted weights at {converted} ({e})")
+    agent.weights_info = {"source": "diamond", "game": game, "hub": url, "file": str(file)}
+    return agent.to(device).eval()
+
+
+def _diamond_url(game: str) -> str:
+    from weights.hub import DIAMOND_REPO, DIAMOND_REVISION, diamond_filename, hub_url
+
+    return hub_url(DIAMOND_REPO, diamond_filename(game), DIAMOND_REVISION)
+
+
+def _reason(error: ValueError, file: Path) -> str:
+    text = str(error)
+    prefix = f"{file}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
