@@ -17,13 +17,14 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from model.pixels import to_float
-from training.atari_env import make_atari_vector_env, make_env
+from training.atari_env import ImageObs, make_atari_vector_env, make_env
 from training.episode_store import Episode, EpisodeStore
 from training.games import is_atari_game
 
@@ -86,14 +87,18 @@ class VecSource:
     `step(act) -> obs, rew (N,) float32, end (N,) bool, trunc (N,) bool, over (N,) bool` where `over` means
     the env resets on its next step (game over or time limit)."""
 
-    def __init__(self, game: str, num_envs: int, train: bool, num_threads: int = 0):
+    def __init__(self, game: str | Callable[[], gym.Env], num_envs: int, train: bool, num_threads: int = 0):
+        """game: an Atari 100k name, a gymnasium id, or a function returning a gymnasium env with uint8 image
+        observations and discrete actions (resized to 64x64 RGB)."""
         self.num_envs = num_envs
         self.train = train
-        self.atari = is_atari_game(game)
+        self.atari = isinstance(game, str) and is_atari_game(game)
         if self.atari:
             self.env = make_atari_vector_env(game, num_envs, num_threads=num_threads)
-        else:
+        elif isinstance(game, str):
             self.env = gym.vector.SyncVectorEnv([lambda: make_env(game, train) for _ in range(num_envs)])
+        else:
+            self.env = gym.vector.SyncVectorEnv([lambda: ImageObs(game()) for _ in range(num_envs)])
         self.num_actions = int(self.env.single_action_space.n)
         self._lives = np.zeros(num_envs, dtype=np.int64)
 

@@ -93,7 +93,7 @@ def resolve_game(name: str) -> str:
     found = _BY_KEY.get(_key(str(name)))
     if found is not None:
         return found
-    close = difflib.get_close_matches(_key(str(name)), list(_BY_KEY), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(_key(str(name)), list(_BY_KEY), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(_BY_KEY[c] for c in close)}?" if close else "run `dreamarcade games` for the list."
     raise ValueError(f"unknown game {name!r}: {hint}")
 
