@@ -84,6 +84,9 @@ class RewEndModel(nn.Module):
         """-> (reward cross-entropy, end cross-entropy), each a mean over the real transitions."""
         mask = batch.mask[:, :-1]
         rew_logits, end_logits, _ = self(batch.obs[:, :-1], batch.act[:, :-1], batch.obs[:, 1:])
-        target_rew = batch.rew[:, :-1][mask].sign().long() + 1
+        target_rew = batch.rew[:, :-1][mask].sign().long() + 1  # classes of {-1, 0, 1}
         target_end = batch.end[:, :-1][mask].long()
-        return F.cross_entropy(rew_logits[mask], target_rew), F.cross_entropy(end_logits[mask], target_end)
+        count = mask.sum().clamp(min=1)  # a mean over real transitions, 0 (not NaN) when there are none
+        loss_rew = F.cross_entropy(rew_logits[mask], target_rew, reduction="sum") / count
+        loss_end = F.cross_entropy(end_logits[mask], target_end, reduction="sum") / count
+        return loss_rew, loss_end

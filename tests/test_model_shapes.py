@@ -149,10 +149,11 @@ def test_losses_are_finite_and_backpropagate():
     assert torch.isfinite(loss) and agent.rew_end.head[0].weight.grad.abs().sum() > 0
 
 
-def test_denoiser_loss_ignores_padded_targets():
+def test_losses_ignore_padded_targets():
     torch.manual_seed(0)
     agent = Agent(tiny(4))
     assert agent.denoiser.loss(make_batch(2, 6, padded_from=4)).item() == 0.0  # every target padded: 0, not NaN
+    assert agent.rew_end.loss(make_batch(2, 3, padded_from=0)).item() == 0.0
     with pytest.raises(ValueError, match="more than 4 frames"):
         agent.denoiser.loss(make_batch(2, 4))
 
@@ -174,3 +175,41 @@ def test_agent_config_round_trips_through_json():
 def test_agent_exposes_its_parts(tiny_agent):
     assert tiny_agent.num_actions == 4 and tiny_agent.config == tiny(4)
     assert tiny_agent.device == torch.device("cpu")
+
+
+def test_denoiser_loss_conditions_the_second_target_on_its_own_estimate():
+    agent = Agent(tiny(4))
+    inner = agent.denoiser.inner_model
+    seen = []
+    real_forward = inner.forward
+
+    def recording_forward(noisy_next_obs, c_noise, obs, act):
+        seen.append((obs.detach().clone(), act.clone()))
+        return real_forward(noisy_next_obs, c_noise, obs, act)
+
+    inner.forward = recording_forward
+    batch = make_batch(2, 6)
+    agent.denoiser.loss(batch)
+    assert len(seen) == 2
+    (obs0, act0), (obs1, act1) = seen
+    frames = batch.obs / 0.5  # conditioning frames are scaled by 1 / sigma_data
+    assert torch.equal(obs0, frames[:, 0:4].flatten(1, 2)) and torch.equal(act0, batch.act[:, 0:4])
+    assert torch.equal(obs1[:, :9], frames[:, 1:4].flatten(1, 2)) and torch.equal(act1, batch.act[:, 1:5])
+    estimate = obs1[:, 9:] * 0.5
+    assert not torch.equal(estimate, batch.obs[:, 4])
+    levels = (estimate + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-3)  # the quantised one-step estimate
+
+
+def test_rew_end_loss_is_cross_entropy_over_real_transitions():
+    torch.manual_seed(0)
+    agent = Agent(tiny(4))
+    batch = make_batch(2, 6, padded_from=4)
+    batch.end[0, 3] = 1
+    logits_rew, logits_end, _ = agent.rew_end(batch.obs[:, :-1], batch.act[:, :-1], batch.obs[:, 1:])
+    mask = batch.mask[:, :-1]
+    expected_rew = torch.nn.functional.cross_entropy(logits_rew[mask], batch.rew[:, :-1][mask].sign().long() + 1)
+    expected_end = torch.nn.functional.cross_entropy(logits_end[mask], batch.end[:, :-1][mask].long())
+    loss_rew, loss_end = agent.rew_end.loss_terms(batch)
+    assert loss_rew.item() == pytest.approx(expected_rew.item(), rel=1e-5)
+    assert loss_end.item() == pytest.approx(expected_end.item(), rel=1e-5)
