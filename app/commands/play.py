@@ -1,0 +1,134 @@
+"""`dreamarcade play`: play a game inside the world model, the real emulator, or both side by side."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DESCRIPTION = """\
+Play an Atari game inside the learned world model (imagine), in the real emulator (real), or both
+side by side with the same actions (compare). You or the agent play; switch at any moment.
+
+keys: arrows/WASD move, Space fires; h or F1 shows every key. Esc quits.
+
+examples:
+  dreamarcade play --game Breakout                          (imagine mode, you play)
+  dreamarcade play --game Pong --mode compare --controller agent
+  dreamarcade play --game Breakout --weights runs/breakout/weights
+  dreamarcade play --game Breakout --headless --steps 500 --record breakout.mp4
+  dreamarcade play --replay dreamarcade-recordings/Breakout-20260101-120000-episodes/imagine
+"""
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--game", help="game name, e.g. Breakout (default: the weights' game, else Breakout)")
+    p.add_argument("--weights", metavar="SOURCE", default=None,
+                   help="local path, hf://OWNER/REPO[/PATH][@REV], or diamond (default: shipped weights, else diamond)")
+    p.add_argument("--mode", choices=("imagine", "real", "compare"), default="imagine",
+                   help="imagine: inside the world model (default); real: the emulator; compare: both side by side")
+    p.add_argument("--controller", choices=("human", "agent", "random"), default=None,
+                   help="who plays (default: human in a window, agent with --headless)")
+    p.add_argument("--denoising-steps", type=int, default=None, metavar="N",
+                   help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the model's, 3)")
+    p.add_argument("--horizon", type=int, default=0, metavar="N",
+                   help="imagined steps before the dream restarts from real frames (compare: re-syncs); 0: never (default)")
+    p.add_argument("--fps", type=float, default=15.0, help="agent steps per second (default 15, as the reference)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="world-model precision (default float32; bfloat16 is faster on GPUs)")
+    p.add_argument("--size", type=int, default=512, metavar="PX", help="size of a game panel in pixels (default 512)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the emulator and the samplers")
+    p.add_argument("--headless", action="store_true", help="no window: play --steps steps (agent or random)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="with --headless: agent steps to play")
+    p.add_argument("--record", metavar="FILE.mp4", type=Path, default=None,
+                   help="record the screen to this mp4 (and the episodes next to it); in a window, v toggles")
+    p.add_argument("--out-dir", type=Path, default=Path("dreamarcade-recordings"), metavar="DIR",
+                   help="where screenshots and recordings started with keys go (default dreamarcade-recordings/)")
+    p.add_argument("--replay", metavar="DIR", type=Path, default=None,
+                   help="browse episodes stored in an episode store (recordings, training data) frame by frame")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.fps <= 0:
+        raise ValueError(f"--fps must be positive, not {args.fps:g}")
+    if args.denoising_steps is not None and args.denoising_steps < 1:
+        raise ValueError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
+    if args.horizon < 0:
+        raise ValueError(f"--horizon must be 0 (never) or positive, not {args.horizon}")
+    if not 64 <= args.size <= 4096:
+        raise ValueError(f"--size must be between 64 and 4096 pixels, not {args.size}")
+    if args.record is not None and args.record.suffix.lower() != ".mp4":
+        raise ValueError(f"--record must name an .mp4 file, not {str(args.record)!r}")
+    if args.headless:
+        if args.steps is None or args.steps < 1:
+            raise ValueError("--headless needs --steps N (N >= 1)")
+        if args.controller == "human":
+            raise ValueError("--headless has no keyboard: use --controller agent or random")
+    elif args.steps is not None:
+        raise ValueError("--steps is for --headless; in a window, play until Esc")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    if args.replay is not None:
+        from app.player.replay import run_replay
+
+        meanings = None
+        if args.game:  # action names instead of numbers
+            from app.player.launch import resolve_game
+            from app.player.sources import make_real_env
+
+            env = make_real_env(resolve_game(args.game))
+            meanings = tuple(env.unwrapped.get_action_meanings())
+            env.close()
+        run_replay(args.replay, size=max(64, args.size // 64 * 64), meanings=meanings, fps=args.fps)
+        return 0
+    if args.controller is None:
+        args.controller = "agent" if args.headless else "human"
+    if args.headless:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # fonts and surfaces only, never a window
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+    from app.player.launch import build_session
+
+    session = build_session(
+        game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=args.device,
+        denoising_steps=args.denoising_steps, horizon=args.horizon, precision=args.precision, seed=args.seed,
+    )
+    try:
+        if args.headless:
+            return _run_headless(session, args)
+        return _run_window(session, args)
+    finally:
+        session.close()
+
+
+def _run_headless(session, args: argparse.Namespace) -> int:
+    from app.player.headless import run_headless
+
+    episodes = args.record.with_name(args.record.stem + "-episodes") if args.record else None
+    result = run_headless(session, args.steps, record=args.record, fps=args.fps, size=min(args.size, 256),
+                          episodes_dir=episodes)
+    latency = f", model {result.mean_latency_ms:.0f} ms/step" if result.mean_latency_ms is not None else ""
+    returns = ", ".join(f"{r:g}" for r in result.returns) or "none finished"
+    print(f"{session.game} ({session.mode}, {session.controller}): {result.steps} steps at "
+          f"{result.steps_per_s:.1f} steps/s{latency}; episode returns: {returns}")
+    if result.video is not None:
+        print(f"recorded {result.video} ({result.steps} frames) and {len(result.episodes_saved)} episode(s) in {episodes}")
+    return 0
+
+
+def _run_window(session, args: argparse.Namespace) -> int:
+    from app.player.player import Player, WindowOptions
+
+    size = max(64, args.size // 64 * 64)  # whole pixels per frame pixel: crisp upscaling
+    options = WindowOptions(fps=args.fps, size=size, out_dir=args.out_dir, record=args.record)
+    player = Player(session, options).run()
+    for path in player.videos:
+        print(f"recorded {path}")
+    for path in player.screenshots:
+        print(f"screenshot {path}")
+    return 0

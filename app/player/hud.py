@@ -1,0 +1,177 @@
+"""Drawing: the game frames, the heads-up display and the help screen, onto any pygame Surface.
+
+The same drawing serves the window, the headless recorder (an off-screen Surface) and screenshots,
+so an mp4 shows exactly what the window shows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pygame
+
+from app.player.keymap import Keymap
+from app.player.session import Snapshot
+
+HEADER_H = 112
+FOOTER_H = 26
+GAP = 8
+BG = (16, 18, 24)
+FG = (225, 228, 235)
+DIM = (140, 146, 160)
+ACCENT = (255, 196, 64)
+RED = (235, 64, 64)
+GREEN = (96, 210, 120)
+
+CONTROLS = (
+    ("h / F1", "show or hide this help"),
+    ("Esc", "quit"),
+    ("p", "pause / resume"),
+    ("n", "single step (while paused)"),
+    ("r / Enter", "reset: new game"),
+    ("m", "switch mode: imagine, real, compare"),
+    ("Tab / c", "switch controller: human, agent, random"),
+    ("y", "re-sync the model with the real game"),
+    ("[ / ]", "imagination horizon down / up"),
+    ("- / =", "denoising steps down / up"),
+    ("F12 / x", "screenshot (PNG)"),
+    ("v", "start / stop recording (mp4 + episodes)"),
+    ("o", "show the full-resolution real frame"),
+)
+
+
+@dataclass
+class Status:
+    """What the loop knows that the session does not."""
+
+    fps_target: float
+    fps_reached: float = 0.0
+    paused: bool = False
+    recording: bool = False
+    help: bool = False
+    original: bool = False
+    message: str = ""
+    busy: bool = False  # a model step is in flight
+
+
+def _fmt(x: float | None, spec: str, none: str = "-") -> str:
+    if x is None:
+        return none
+    if isinstance(x, float) and math.isinf(x):
+        return "exact"
+    return format(x, spec)
+
+
+class Hud:
+    """Lays out one or two frame panels under a header; `window_size(mode)` gives the surface size."""
+
+    def __init__(self, size: int, keymap: Keymap):
+        if not pygame.font.get_init():
+            pygame.font.init()
+        self.size = size
+        self.keymap = keymap
+        self.font = pygame.font.Font(None, 22)
+        self.small = pygame.font.Font(None, 18)
+        self.big = pygame.font.Font(None, 30)
+        self._cache: dict[tuple, pygame.Surface] = {}
+
+    def window_size(self, num_panels: int) -> tuple[int, int]:
+        width = num_panels * self.size + (num_panels - 1) * GAP
+        return max(width, 640), HEADER_H + self.size + FOOTER_H
+
+    def _text(self, text: str, color=FG, font: pygame.font.Font | None = None) -> pygame.Surface:
+        font = font or self.font
+        key = (text, color, id(font))
+        surf = self._cache.get(key)
+        if surf is None:
+            if len(self._cache) > 512:
+                self._cache.clear()
+            surf = self._cache[key] = font.render(text, True, color)
+        return surf
+
+    def frame_surface(self, frame: np.ndarray, width: int, height: int) -> pygame.Surface:
+        """uint8 (H, W, 3) -> a Surface scaled to (width, height), nearest neighbour (crisp pixels)."""
+        surf = pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
+        return pygame.transform.scale(surf, (width, height))
+
+    def draw(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
+        surface.fill(BG)
+        width = surface.get_width()
+        panels = snap.panels
+        if status.original and snap.original is not None:
+            panels = (("real 210x160", snap.original),)
+        n = len(panels)
+        x0 = (width - (n * self.size + (n - 1) * GAP)) // 2
+        for i, (title, frame) in enumerate(panels):
+            x = x0 + i * (self.size + GAP)
+            surface.blit(self.frame_surface(frame, self.size, self.size), (x, HEADER_H))
+            label = self._text(f" {title.upper()} ", BG, self.small)
+            pygame.draw.rect(surface, ACCENT if title == "dream" else GREEN, (x, HEADER_H, label.get_width(), 16))
+            surface.blit(label, (x, HEADER_H + 2))
+        self._header(surface, snap, status)
+        self._footer(surface, snap, status)
+        if status.help:
+            self._help(surface)
+
+    def _header(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
+        horizon = "unlimited" if snap.horizon == 0 else str(snap.horizon)
+        fps_color = GREEN if status.fps_reached >= 0.9 * status.fps_target else ACCENT
+        cols = [
+            [("Game", snap.game, FG), ("Mode", snap.mode, ACCENT), ("Control", snap.controller, FG),
+             ("Step", str(snap.t), FG)],
+            [("Reward", _fmt(snap.rew, "+g"), FG), ("Return", _fmt(snap.ret, "g"), FG),
+             ("Action", snap.action_name, FG), ("Value", _fmt(snap.value, ".2f"), FG)],
+            [("FPS", f"{status.fps_reached:.1f} / {status.fps_target:g}", fps_color),
+             ("Model", _fmt(snap.latency_ms, ".0f") + (" ms" if snap.latency_ms is not None else ""), FG),
+             ("Denoise", _fmt(snap.denoising_steps, "d") + " steps" if snap.denoising_steps else "-", FG),
+             ("Entropy", _fmt(snap.entropy_bits, ".2f") + (" bits" if snap.entropy_bits is not None else ""), FG)],
+            [("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG),
+             ("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG)],
+        ]
+        col_w = (surface.get_width() - 16) // len(cols)
+        for c, rows in enumerate(cols):
+            for r, (name, value, color) in enumerate(rows):
+                x, y = 8 + c * col_w, 8 + r * 24
+                surface.blit(self._text(name, DIM, self.small), (x, y + 3))
+                surface.blit(self._text(value, color), (x + 62, y))
+        flags = []
+        if status.paused:
+            flags.append(("PAUSED", ACCENT))
+        if status.recording:
+            flags.append(("REC", RED))
+        x = surface.get_width() - 8
+        for text, color in flags:
+            s = self._text(text, color, self.big)
+            x -= s.get_width()
+            surface.blit(s, (x, HEADER_H - 30))
+            x -= 12
+        if status.recording:
+            pygame.draw.circle(surface, RED, (x, HEADER_H - 18), 7)
+
+    def _footer(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
+        y = HEADER_H + self.size + 5
+        message = status.message or snap.message
+        if message:
+            surface.blit(self._text(message, ACCENT), (8, y))
+        hint = self._text(f"{self.keymap.summary()}   h: help   Esc: quit", DIM, self.small)
+        surface.blit(hint, (surface.get_width() - hint.get_width() - 8, y + 3))
+
+    def _help(self, surface: pygame.Surface) -> None:
+        shade = pygame.Surface(surface.get_size(), pygame.SRCALPHA)
+        shade.fill((0, 0, 0, 210))
+        surface.blit(shade, (0, 0))
+        surface.blit(self._text("Controls", ACCENT, self.big), (16, 12))
+        for i, (key, what) in enumerate(CONTROLS):
+            surface.blit(self._text(key, ACCENT), (16, 44 + i * 22))
+            surface.blit(self._text(what, FG), (110, 44 + i * 22))
+        y = 44 + len(CONTROLS) * 22 + 14
+        surface.blit(self._text(f"{self.keymap.num_actions} game actions: hold the keys", ACCENT, self.big), (16, y))
+        meanings = self.keymap.meanings
+        ncols = max(1, (surface.get_width() - 16) // 300)
+        rows = math.ceil(len(meanings) / ncols)
+        for i, meaning in enumerate(meanings):
+            col, row = divmod(i, rows)
+            x, yy = 16 + col * 300, y + 32 + row * 19
+            surface.blit(self._text(meaning, ACCENT, self.small), (x, yy))
+            surface.blit(self._text(self.keymap.combo(i), FG, self.small), (x + 112, yy))

@@ -1,0 +1,115 @@
+"""Keys for each game, derived from its ALE action meanings (so every one of the 26 games works).
+
+An ALE action name is a combination of five buttons: UP, DOWN, LEFT, RIGHT (the joystick) and FIRE,
+e.g. "UPLEFTFIRE". The player holds buttons (arrows or WASD for the joystick, Space for fire, or a
+gamepad) and the game's action is the one whose buttons are exactly those held. When no action has
+exactly those buttons (Breakout has no UP; KungFuMaster has no plain FIRE), the closest one is taken:
+most held buttons kept, then fewest extra buttons, then the lowest index. Pressing exactly an
+action's buttons always gives that action, so every minimal action has a key combination.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pygame
+
+BUTTONS = ("UP", "DOWN", "LEFT", "RIGHT", "FIRE")
+
+# Keyboard keys of each button: arrows and WASD for the joystick, Space (or Z, as many emulators) for fire.
+BUTTON_KEYS: dict[str, tuple[int, ...]] = {
+    "UP": (pygame.K_UP, pygame.K_w),
+    "DOWN": (pygame.K_DOWN, pygame.K_s),
+    "LEFT": (pygame.K_LEFT, pygame.K_a),
+    "RIGHT": (pygame.K_RIGHT, pygame.K_d),
+    "FIRE": (pygame.K_SPACE, pygame.K_z),
+}
+BUTTON_LABELS = {"UP": "Up/W", "DOWN": "Down/S", "LEFT": "Left/A", "RIGHT": "Right/D", "FIRE": "Space"}
+GAMEPAD_DEADZONE = 0.5
+
+
+def action_buttons(meaning: str) -> frozenset[str]:
+    """'UPLEFTFIRE' -> {'UP', 'LEFT', 'FIRE'}; 'NOOP' -> {}. Raises ValueError on an unknown name."""
+    if meaning == "NOOP":
+        return frozenset()
+    rest, buttons = meaning, set()
+    while rest:
+        for b in BUTTONS:
+            if rest.startswith(b):
+                buttons.add(b)
+                rest = rest[len(b):]
+                break
+        else:
+            raise ValueError(f"unknown Atari action name {meaning!r}")
+    return frozenset(buttons)
+
+
+@dataclass(frozen=True)
+class Keymap:
+    """Maps held buttons to an action index of one game's minimal action set."""
+
+    meanings: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for m in self.meanings:
+            action_buttons(m)  # validates
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.meanings)
+
+    def action(self, held: frozenset[str] | set[str]) -> int:
+        """The action index for the held buttons (0, NOOP, when nothing matches at all)."""
+        held = frozenset(held)
+        # Opposite directions cancel, as on a real joystick.
+        if {"UP", "DOWN"} <= held:
+            held -= {"UP", "DOWN"}
+        if {"LEFT", "RIGHT"} <= held:
+            held -= {"LEFT", "RIGHT"}
+        scores = []
+        for i, m in enumerate(self.meanings):
+            b = action_buttons(m)
+            scores.append((len(b & held), -len(b - held), -i))
+        return -max(scores)[2]
+
+    def combo(self, action: int) -> str:
+        """How to press an action on the keyboard, e.g. 'Up/W + Space'; 'no key' for NOOP."""
+        b = action_buttons(self.meanings[action])
+        return " + ".join(BUTTON_LABELS[x] for x in BUTTONS if x in b) or "no key"
+
+    def summary(self) -> str:
+        """A short line naming the buttons this game uses, e.g. 'Left/A Right/D move, Space fire'."""
+        used = set().union(*(action_buttons(m) for m in self.meanings))
+        moves = [BUTTON_LABELS[b] for b in ("UP", "DOWN", "LEFT", "RIGHT") if b in used]
+        parts = [" ".join(moves) + " move"] if moves else []
+        if "FIRE" in used:
+            parts.append("Space fire")
+        return ", ".join(parts)
+
+
+def buttons_from_keys(keys: set[int] | frozenset[int]) -> set[str]:
+    """The buttons held, from a set of held pygame key codes."""
+    return {b for b, codes in BUTTON_KEYS.items() if any(k in keys for k in codes)}
+
+
+def buttons_from_gamepad(joystick) -> set[str]:
+    """The buttons held on a pygame joystick: the first hat or the left stick, and any face button for fire."""
+    held: set[str] = set()
+    try:
+        x, y = (joystick.get_hat(0) if joystick.get_numhats() else (0, 0))
+        if joystick.get_numaxes() >= 2:
+            ax, ay = joystick.get_axis(0), joystick.get_axis(1)
+            x = x or (1 if ax > GAMEPAD_DEADZONE else -1 if ax < -GAMEPAD_DEADZONE else 0)
+            y = y or (-1 if ay > GAMEPAD_DEADZONE else 1 if ay < -GAMEPAD_DEADZONE else 0)  # stick: down is +
+        if x > 0:
+            held.add("RIGHT")
+        elif x < 0:
+            held.add("LEFT")
+        if y > 0:
+            held.add("UP")
+        elif y < 0:
+            held.add("DOWN")
+        if any(joystick.get_button(i) for i in range(min(4, joystick.get_numbuttons()))):
+            held.add("FIRE")
+    except pygame.error:  # unplugged between two frames
+        return set()
+    return held

@@ -1,0 +1,96 @@
+"""Everything `play` checks and loads before a window opens: game, weights, action count, device.
+
+Errors here are one-line ValueErrors (the CLI prints them), so a wrong game or wrong weights are
+reported before any window appears.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from app.player.session import Session
+from app.player.sources import DreamSource, Policy, RealSource
+
+DEFAULT_GAME = "Breakout"
+
+
+def resolve_game(name: str) -> str:
+    """Canonical game name ('breakout' -> 'Breakout'); ValueError naming close matches otherwise."""
+    from training.games import resolve_game as resolve
+
+    return resolve(name)
+
+
+def resolve_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    return dev
+
+
+def load_weights(weights: str | None, game: str | None, device: torch.device):
+    """-> (agent, game): loads with `weights.load_agent`, and takes the game from the weights when none is given.
+    Raises ValueError when the weights were trained on another game than the one asked for."""
+    from weights import load_agent
+
+    agent = load_agent(weights, game, device)
+    trained_on = (getattr(agent, "weights_info", None) or {}).get("game")
+    if trained_on:
+        trained_on = resolve_game(trained_on)
+        if game is None:
+            game = trained_on
+        elif trained_on != game:
+            raise ValueError(
+                f"the weights {weights or ''} were trained on {trained_on}, not {game}: "
+                f"use --game {trained_on}, or weights for {game}".replace("weights  were", "weights were")
+            )
+    return agent, game or DEFAULT_GAME
+
+
+def check_actions(agent, real: RealSource, weights: str | None) -> None:
+    if agent.num_actions != real.num_actions:
+        raise ValueError(
+            f"the weights {weights or ''} have {agent.num_actions} actions but {real.game} has "
+            f"{real.num_actions} ({', '.join(real.meanings)}): they were trained on another game; "
+            "pass --game with that game".replace("weights  have", "weights have")
+        )
+
+
+def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
+                  controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
+                  horizon: int = 0, precision: str = "float32", seed: int | None = None, agent=None) -> Session:
+    """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
+
+    Without weights (none given and none found offline), real mode with a human or random player still
+    works: the agent controller and the dream are then unavailable.
+    """
+    game = resolve_game(game) if game else None
+    dev = resolve_device(device)
+    if agent is None:
+        try:
+            agent, game = load_weights(weights, game, dev)
+        except (ConnectionError, FileNotFoundError) as e:
+            if weights is not None or mode != "real" or controller == "agent":
+                raise
+            print(f"note: no weights ({e}); playing the real game without the agent", file=sys.stderr)
+    game = game or DEFAULT_GAME
+    real = RealSource(game, seed=seed)
+    try:
+        dream = policy = None
+        if agent is not None:
+            check_actions(agent, real, weights)
+            agent = agent.to(dev).eval()
+            gen = torch.Generator(dev)
+            gen.manual_seed(seed if seed is not None else torch.seed())
+            dream = DreamSource(agent, denoising_steps=denoising_steps, precision=precision, generator=gen)
+            policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()))
+        return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed)
+    except BaseException:
+        real.close()
+        raise

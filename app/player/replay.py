@@ -1,0 +1,151 @@
+"""Browsing stored episodes frame by frame: recordings, training data, any episode store folder.
+
+Keys: Left/Right step (hold to scroll), PgUp/PgDn 10 steps, Home/End first/last frame,
+Up/Down next/previous episode, Space play/pause, Esc quit.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pygame
+
+from app.player.hud import ACCENT, BG, DIM, FG, FOOTER_H, HEADER_H
+from app.player.player import open_display
+
+KEYS_HELP = "Left/Right step  PgUp/PgDn 10  Home/End  Up/Down episode  Space play  Esc quit"
+HOLD_REPEAT_S = 0.06
+
+
+@dataclass
+class Replay:
+    """State of the episode browser; `handle_key` is all the logic, `draw` all the drawing."""
+
+    path: Path
+    size: int = 512
+    meanings: tuple[str, ...] | None = None
+    episode: int = 0
+    t: int = 0
+    playing: bool = False
+    _held: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        from training.episode_store import EpisodeStore
+
+        self.store = EpisodeStore(self.path, static=True)
+        if len(self.store) == 0:
+            raise ValueError(f"no episodes in {self.path} (an episode store folder of .npz files)")
+
+    @property
+    def current(self):
+        return self.store[self.episode]
+
+    def frame(self) -> np.ndarray:
+        """The frame at step t (H, W, 3) uint8; t == len(episode) shows the frame after the last step."""
+        ep = self.current
+        chw = ep.final_obs if self.t >= len(ep) else ep.obs[self.t]
+        return chw.transpose(1, 2, 0)
+
+    def seek(self, t: int) -> None:
+        self.t = min(max(t, 0), len(self.current))
+
+    def select(self, episode: int) -> None:
+        self.episode = episode % len(self.store)
+        self.t = 0
+
+    def handle_key(self, key: int) -> bool:
+        """Applies one key press; returns False when the browser should close."""
+        moves = {pygame.K_RIGHT: 1, pygame.K_LEFT: -1, pygame.K_PAGEUP: 10, pygame.K_PAGEDOWN: -10}
+        if key == pygame.K_ESCAPE:
+            return False
+        if key in moves:
+            self.seek(self.t + moves[key])
+        elif key in (pygame.K_HOME, pygame.K_RETURN):
+            self.seek(0)
+        elif key == pygame.K_END:
+            self.seek(len(self.current))
+        elif key in (pygame.K_UP, pygame.K_DOWN):
+            self.select(self.episode + (1 if key == pygame.K_UP else -1))
+        elif key == pygame.K_SPACE:
+            self.playing = not self.playing
+        return True
+
+    def lines(self) -> list[tuple[str, str]]:
+        ep, t = self.current, self.t
+        last = t >= len(ep)
+        act = "-" if last else str(int(ep.act[t]))
+        if not last and self.meanings and int(ep.act[t]) < len(self.meanings):
+            act = f"{self.meanings[int(ep.act[t])]} ({act})"
+        return [
+            ("Episode", f"{self.episode + 1} / {len(self.store)}"),
+            ("Step", f"{t} / {len(ep)}" + ("  (final frame)" if last else "")),
+            ("Action", act),
+            ("Reward", "-" if last else f"{float(ep.rew[t]):+g}"),
+            ("Return", f"{float(ep.rew[:t].sum()):g} so far, {ep.ret:g} in all"),
+            ("End", "-" if last else ("end" if ep.end[t] else "trunc" if ep.trunc[t] else "no")),
+        ]
+
+    def draw(self, surface: pygame.Surface, font: pygame.font.Font, small: pygame.font.Font) -> None:
+        surface.fill(BG)
+        frame = self.frame()
+        img = pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
+        x = (surface.get_width() - self.size) // 2
+        surface.blit(pygame.transform.scale(img, (self.size, self.size)), (x, HEADER_H))
+        for i, (name, value) in enumerate(self.lines()):
+            col, row = divmod(i, 3)
+            px, py = 8 + col * (surface.get_width() // 2), 8 + row * 24
+            surface.blit(small.render(name, True, DIM), (px, py + 3))
+            surface.blit(font.render(value, True, FG), (px + 70, py))
+        surface.blit(small.render(str(self.path), True, DIM), (8, HEADER_H - 22))
+        hint = small.render(("PLAYING  " if self.playing else "") + KEYS_HELP, True, ACCENT)
+        surface.blit(hint, (8, HEADER_H + self.size + 6))
+
+
+def run_replay(path: str | Path, size: int = 512, meanings: tuple[str, ...] | None = None, fps: float = 15.0,
+               max_frames: int | None = None, on_frame: Callable[[int, Replay], None] | None = None) -> Replay:
+    """Opens the browser window on an episode store folder (searched recursively)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--replay {path}: no such folder")
+    replay = Replay(path, size=size, meanings=meanings)
+    screen = open_display((max(size, 640), HEADER_H + size + FOOTER_H))
+    pygame.display.set_caption(f"dreamarcade replay: {path}")
+    pygame.font.init()
+    font, small = pygame.font.Font(None, 22), pygame.font.Font(None, 18)
+    clock = pygame.time.Clock()
+    frames, running, last_move, last_play = 0, True, 0.0, 0.0
+    try:
+        while running:
+            if on_frame is not None:
+                on_frame(frames, replay)
+            for event in pygame.event.get():
+                if event.type == pygame.QUIT:
+                    running = False
+                elif event.type == pygame.KEYDOWN:
+                    replay._held.add(event.key)
+                    last_move = time.monotonic() + 0.3  # first repeat after a short delay
+                    running = replay.handle_key(event.key)
+                elif event.type == pygame.KEYUP:
+                    replay._held.discard(event.key)
+            now = time.monotonic()
+            held = replay._held & {pygame.K_LEFT, pygame.K_RIGHT}
+            if held and now - last_move > HOLD_REPEAT_S:
+                replay.handle_key(next(iter(held)))
+                last_move = now
+            if replay.playing and now - last_play > 1.0 / fps:
+                if replay.t >= len(replay.current):
+                    replay.playing = False
+                replay.seek(replay.t + 1)
+                last_play = now
+            replay.draw(screen, font, small)
+            pygame.display.flip()
+            frames += 1
+            if max_frames is not None and frames >= max_frames:
+                running = False
+            clock.tick(60)
+    finally:
+        pygame.display.quit()
+    return replay

@@ -1,0 +1,51 @@
+"""Keymaps: every minimal action of all 26 games has a key combination, derived from ALE's meanings."""
+import pytest
+
+pygame = pytest.importorskip("pygame")
+
+from app.player.keymap import BUTTON_KEYS, Keymap, action_buttons, buttons_from_keys  # noqa: E402
+from training.atari_env import make_atari_env  # noqa: E402
+from training.games import GAME_NAMES  # noqa: E402
+
+
+def meanings_of(game: str) -> tuple[str, ...]:
+    env = make_atari_env(game, train=False)
+    try:
+        return tuple(env.unwrapped.get_action_meanings())
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("game", GAME_NAMES)
+def test_every_minimal_action_has_keys(game):
+    keymap = Keymap(meanings_of(game))
+    assert keymap.num_actions == len(meanings_of(game))
+    for i, meaning in enumerate(keymap.meanings):
+        buttons = action_buttons(meaning)
+        # pressing the keyboard keys of the action's buttons (first key of each: arrows + space) gives it
+        keys = {BUTTON_KEYS[b][0] for b in buttons}
+        assert keymap.action(buttons_from_keys(keys)) == i, (game, meaning)
+        # and the WASD alternative too
+        keys = {BUTTON_KEYS[b][-1] for b in buttons}
+        assert keymap.action(buttons_from_keys(keys)) == i, (game, meaning)
+        assert keymap.combo(i)  # something to show on screen
+    assert keymap.action(set()) == keymap.meanings.index("NOOP")
+
+
+def test_closest_action_when_the_exact_one_does_not_exist():
+    breakout = Keymap(("NOOP", "FIRE", "RIGHT", "LEFT"))
+    assert breakout.action({"UP"}) == 0  # no UP in Breakout: nothing
+    assert breakout.action({"RIGHT", "UP"}) == 2
+    assert breakout.action({"RIGHT", "FIRE"}) in (1, 2)
+    kung_fu = Keymap(meanings_of("KungFuMaster"))  # has no plain FIRE
+    assert "FIRE" in kung_fu.meanings[kung_fu.action({"FIRE"})]
+    assert breakout.action({"LEFT", "RIGHT"}) == 0  # opposite directions cancel
+
+
+def test_summary_and_labels():
+    keymap = Keymap(meanings_of("Pong"))
+    assert "Space fire" in keymap.summary()
+    assert keymap.combo(keymap.meanings.index("RIGHTFIRE")) == "Right/D + Space"
+    assert keymap.combo(0) == "no key"
+    with pytest.raises(ValueError, match="unknown Atari action"):
+        Keymap(("NOOP", "JUMP"))
