@@ -33,6 +33,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="local path, hf://OWNER/REPO[/PATH][@REV], or diamond (default: shipped weights, else diamond)")
     p.add_argument("--game", help="game name, e.g. Breakout (see `dreamarcade games`)")
     p.add_argument("--episodes", type=int, default=100, help="test episodes (default 100, as the protocol)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="cut each test episode after this many steps (quick checks; the protocol has no cut)")
     p.add_argument("--num-envs", type=int, default=8, help="episodes played in parallel (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of envs, policy sampling and bootstrap (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -44,6 +46,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--horizon", type=int, default=50, help="with --fidelity: imagined steps (default 50)")
     p.add_argument("--contexts", type=int, default=8, help="with --fidelity: rollouts compared (default 8)")
     p.add_argument("--denoising-steps", type=int, default=None, help="with --fidelity: sampler steps (default: model's)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="with --fidelity: world-model precision (default float32, the reference's numbers)")
     p.add_argument("--policy", choices=("agent", "random"), default="agent",
                    help="with --fidelity: who picks the action sequence (default agent)")
     p.add_argument("--out", metavar="DIR", default="fidelity", help="with --fidelity: output folder (default fidelity/)")
@@ -113,7 +117,8 @@ def _run_episodes(args: argparse.Namespace) -> int:
     if args.episodes < 1 or args.num_envs < 1:
         raise ValueError("--episodes and --num-envs must be at least 1")
     result = evaluate_weights(args.weights, args.game, episodes=args.episodes, seed=args.seed,
-                              num_envs=args.num_envs, device=args.device, progress=True)
+                              num_envs=args.num_envs, device=args.device,
+                              max_episode_steps=args.max_steps, progress=True)
     rows = [[str(i), f"{r:.1f}", str(n)] for i, (r, n) in enumerate(zip(result["returns"], result["lengths"]))]
     if len(rows) > 20:
         rows = rows[:10] + [["...", "", ""]] + rows[-5:]
@@ -132,7 +137,8 @@ def _run_fidelity(args: argparse.Namespace) -> int:
     if args.horizon < 1 or args.contexts < 1:
         raise ValueError("--horizon and --contexts must be at least 1")
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
-                         denoising_steps=args.denoising_steps, policy=args.policy)
+                         denoising_steps=args.denoising_steps, policy=args.policy,
+                         precision=args.precision)
     result = measure_fidelity_of_weights(args.weights, args.game, cfg, out_dir=args.out, device=args.device)
     steps = result["horizon"]
     marks = sorted({1, min(5, steps), min(10, steps), min(25, steps), steps})

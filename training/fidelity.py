@@ -1,0 +1,254 @@
+"""World-model fidelity against the real emulator: the same starting context and actions fed to both.
+
+A real trajectory is recorded in the training env (the episode ends on life loss, the `end` the reward/end
+model learns): 4 context frames, then `horizon` steps. The world model starts from those 4 frames and
+actions and imagines the next `horizon` frames open-loop under the same actions. Per step we report PSNR
+and SSIM against the real frames (both as uint8 images, what a player sees), next to the PSNR of the
+trivial "the last context frame never changes" guess, and how often the sampled reward and end agree
+with the real ones. Steps after a real episode end are left out.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.pixels import to_float, to_uint8
+from training.atari_env import make_atari_env
+from training.games import resolve_game
+
+CONTEXT = 4  # frames of context the denoiser is conditioned on
+MAX_PSNR = 60.0  # identical frames: PSNR is infinite, counted as 60 dB so means stay finite
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    horizon: int = 50  # imagined steps compared
+    contexts: int = 8  # real trajectories (= imagined envs, run as one batch)
+    seed: int = 0
+    denoising_steps: int | None = None  # None: the sampler's default (3 Euler steps, as the reference)
+    precision: str = "float32"  # or "bfloat16": the world-model env's fast path, to measure what it costs
+    policy: str = "agent"  # who picks the actions on the real frames: "agent" (sampled) or "random"
+    max_warmup: int = 60  # steps played before the context, drawn in [0, max_warmup], for varied starts
+    strip_columns: int = 10
+
+
+# ---- image metrics ------------------------------------------------------------------------------------------
+
+def psnr(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of uint8 frames (..., 3, H, W) -> (...), peak 255, capped at MAX_PSNR."""
+    mse = (real.double() - fake.double()).pow(2).flatten(-3).mean(-1)
+    return (10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-12))).clamp(max=MAX_PSNR).float()
+
+
+def _gaussian_band(size: int, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(size, size - window + 1) matrix M such that v @ M is v filtered by the 1-D Gaussian ('valid')."""
+    x = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    out = size - window + 1
+    band = torch.zeros(size, out, dtype=torch.float64)
+    for k in range(window):
+        band[torch.arange(out) + k, torch.arange(out)] = g[k]
+    return band
+
+
+def ssim(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM (Wang et al. 2004) of uint8 frames (N, C, H, W) -> (N,).
+
+    11x11 Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, on [0, 1] intensities, per channel over the
+    'valid' region (no padding), then averaged over channels and positions (as scikit-image's
+    structural_similarity with gaussian_weights=True, use_sample_covariance=False).
+    """
+    x, y = real.double() / 255, fake.double() / 255
+    n, c = x.shape[:2]
+    # The Gaussian is separable: filter columns then rows as two matrix products, the 5 moment maps at once.
+    rows, cols = _gaussian_band(x.shape[2]).to(x.device), _gaussian_band(x.shape[3]).to(x.device)
+    maps = rows.T @ torch.stack([x, y, x * x, y * y, x * y]) @ cols
+    mu_x, mu_y, xx, yy, xy = maps
+    var_x, var_y, cov = xx - mu_x ** 2, yy - mu_y ** 2, xy - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.mean(dim=(1, 2, 3)).float()
+
+
+# ---- real and imagined rollouts -----------------------------------------------------------------------------
+
+@dataclass
+class Rollouts:
+    """N trajectories: obs uint8 (N, 4 + H, 3, h, w), act long (N, 4 + H) (act[:, t] taken at obs[:, t]),
+    rew float (N, H) and end bool (N, H) of the H steps after the context, valid bool (N, H)."""
+
+    obs: torch.Tensor
+    act: torch.Tensor
+    rew: torch.Tensor
+    end: torch.Tensor
+    valid: torch.Tensor
+
+
+@torch.no_grad()
+def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
+    """Play the real training env with the chosen policy and record `cfg.contexts` trajectories."""
+    steps = CONTEXT + cfg.horizon
+    size = agent.config.img_size
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    env = make_atari_env(game, train=True)
+    obs = torch.zeros(cfg.contexts, steps, 3, size, size, dtype=torch.uint8)
+    act = torch.zeros(cfg.contexts, steps, dtype=torch.long)
+    rew = torch.zeros(cfg.contexts, cfg.horizon)
+    end = torch.zeros(cfg.contexts, cfg.horizon, dtype=torch.bool)
+    valid = torch.zeros(cfg.contexts, cfg.horizon, dtype=torch.bool)
+
+    def policy(frame: torch.Tensor, state):
+        if cfg.policy == "random":
+            return int(torch.randint(int(env.action_space.n), (1,), generator=gen)), None
+        logits, _, state = agent.actor_critic(to_float(frame[None]).to(_device(agent)), state)
+        return int(torch.multinomial(torch.softmax(logits[0].float().cpu(), -1), 1, generator=gen)), state
+
+    frame_of = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
+    resume = False  # True after a life loss: the next reset() goes on with the same game
+    for n in range(cfg.contexts):
+        for attempt in range(100):  # an episode that ends before the context is complete: go on from there
+            frame, _ = env.reset() if resume else env.reset(seed=cfg.seed * 10_007 + 100 * n + attempt)
+            resume, complete = False, True
+            warmup = int(rng.integers(0, cfg.max_warmup + 1))
+            state = None  # the actor's memory starts empty in each episode, as the reference
+            for t in range(warmup + steps):
+                i = t - warmup  # index in the recorded trajectory
+                a, state = policy(frame_of(frame), state)
+                if i >= 0:
+                    obs[n, i], act[n, i] = frame_of(frame), a
+                if i == steps - 1:
+                    break  # the last frame is recorded; its action is never used
+                frame, r, term, trunc, info = env.step(a)
+                j = i + 1 - CONTEXT  # the imagined step whose outcome this is
+                if j >= 0:
+                    rew[n, j], end[n, j], valid[n, j] = float(np.sign(r)), bool(term), True
+                    if term or trunc:
+                        obs[n, j + CONTEXT] = frame_of(frame)
+                if term or trunc:
+                    resume = bool(info.get("life_loss")) and not trunc
+                    complete = j >= 0
+                    break
+            if complete:
+                break
+        else:
+            raise RuntimeError(f"{game}: could not record a trajectory with {CONTEXT} context frames")
+    env.close()
+    return Rollouts(obs, act, rew, end, valid)
+
+
+def _device(agent) -> torch.device:
+    return next(agent.parameters()).device
+
+
+@torch.no_grad()
+def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
+    """Run the world-model env from the real contexts under the real actions -> imagined Rollouts
+    (obs holds the context then the imagined frames; valid is copied from `real`)."""
+    from model.sampler import SamplerConfig
+    from model.world_model_env import WorldModelEnv
+
+    if agent.denoiser.cfg.num_steps_conditioning != CONTEXT:
+        raise ValueError(f"fidelity expects a denoiser conditioned on {CONTEXT} frames, "
+                         f"got {agent.denoiser.cfg.num_steps_conditioning}")
+    device = _device(agent)
+    sampler = SamplerConfig()
+    if cfg.denoising_steps is not None:
+        sampler = replace(sampler, num_steps_denoising=cfg.denoising_steps)
+    generator = torch.Generator(device).manual_seed(cfg.seed)  # the sampler's noise and the sampled rew/end
+    wm_env = WorldModelEnv(agent, sampler=sampler, generator=generator, precision=cfg.precision)
+    wm_env.reset(to_float(real.obs[:, :CONTEXT]).to(device), real.act[:, :CONTEXT].to(device))
+    frames, rews, ends = [], [], []
+    for t in range(cfg.horizon):
+        next_obs, rew, end, _ = wm_env.step(real.act[:, CONTEXT - 1 + t].to(device))
+        frames.append(to_uint8(next_obs).cpu())
+        rews.append(rew.float().cpu())
+        ends.append(end.bool().cpu())
+    obs = torch.cat([real.obs[:, :CONTEXT], torch.stack(frames, 1)], dim=1)
+    return Rollouts(obs, real.act, torch.stack(rews, 1), torch.stack(ends, 1), real.valid)
+
+
+def compare(real: Rollouts, fake: Rollouts) -> dict:
+    """Per-step and overall PSNR / SSIM, the copy-last-frame PSNR baseline, reward and end accuracy."""
+    n, horizon = real.valid.shape
+    r, f = real.obs[:, CONTEXT:], fake.obs[:, CONTEXT:]
+    flat = lambda x: x.reshape(n * horizon, *x.shape[2:])
+    p = psnr(r, f)
+    s = ssim(flat(r), flat(f)).reshape(n, horizon)
+    base = psnr(r, real.obs[:, CONTEXT - 1:CONTEXT].expand_as(r))
+    v = real.valid
+    count = v.sum(0)
+    per_step = lambda m: [float(x) if c else None for x, c in zip((m * v).sum(0) / count.clamp_min(1), count)]
+    nonzero = v & (real.rew != 0)
+    ended = v & real.end
+    return {
+        "psnr": per_step(p),
+        "ssim": per_step(s),
+        "copy_last_psnr": per_step(base),
+        "valid_per_step": count.tolist(),
+        "mean_psnr": float(p[v].mean()),
+        "mean_ssim": float(s[v].mean()),
+        "mean_copy_last_psnr": float(base[v].mean()),
+        "reward_accuracy": float((fake.rew == real.rew)[v].float().mean()),
+        "reward_nonzero_steps": int(nonzero.sum()),
+        "reward_nonzero_recall": float((fake.rew == real.rew)[nonzero].float().mean()) if nonzero.any() else None,
+        "end_accuracy": float((fake.end == real.end)[v].float().mean()),
+        "end_steps": int(ended.sum()),
+        "end_recall": float(fake.end[ended].float().mean()) if ended.any() else None,
+    }
+
+
+def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 10, scale: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8: the last context frame then evenly spaced steps; real row above, imagined below."""
+    valid_steps = int(real.valid[index].sum())
+    steps = sorted({int(round(x)) for x in np.linspace(1, max(1, valid_steps), min(columns, max(1, valid_steps)))})
+    cols = [CONTEXT - 1] + [CONTEXT - 1 + t for t in steps]
+    pad = 2
+    side = real.obs.shape[-1] * scale
+    out = np.full((2 * side + 3 * pad, len(cols) * (side + pad) + pad, 3), 255, dtype=np.uint8)
+    for row, roll in enumerate((real, fake)):
+        for k, t in enumerate(cols):
+            img = roll.obs[index, t].permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1)
+            y, x = pad + row * (side + pad), pad + k * (side + pad)
+            out[y:y + side, x:x + side] = img
+    return out
+
+
+def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), out_dir: str | Path | None = None) -> dict:
+    """Record real trajectories, imagine them, compare -> JSON-safe dict; writes `strip.png` into out_dir."""
+    game = resolve_game(game)
+    if cfg.policy not in ("agent", "random"):
+        raise ValueError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
+    probe = make_atari_env(game, train=False)
+    num_actions = int(probe.action_space.n)
+    probe.close()
+    if agent.num_actions != num_actions:
+        raise ValueError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
+    agent.eval()
+    real = record_real(agent, game, cfg)
+    fake = imagine(agent, real, cfg)
+    result = {"game": game, **asdict(cfg), **compare(real, fake)}
+    if out_dir is not None:
+        import imageio.v3 as iio
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        best = int(real.valid.sum(1).argmax())  # the trajectory that lasts longest
+        iio.imwrite(out / "strip.png", strip_image(real, fake, best, cfg.strip_columns))
+        result["strip"] = str(out / "strip.png")
+    return result
+
+
+def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConfig = FidelityConfig(),
+                                out_dir: str | Path | None = "fidelity", device: str = "cpu") -> dict:
+    """Load weights (any `--weights` source) for `game` and measure their fidelity."""
+    from weights import load_agent
+
+    game = resolve_game(game)
+    agent = load_agent(source, game=game, device=device)
+    return {"weights": source or "default", **measure_fidelity(agent, game, cfg, out_dir)}
