@@ -129,3 +129,19 @@ def test_cli_aggregate(tmp_path, capsys):
 def test_cli_aggregate_bad_file(tmp_path, capsys):
     assert main(["eval", "--aggregate", str(tmp_path / "nope.json")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_merges_eval_outputs(tmp_path, capsys):
+    """`eval --game G --seed S --json` outputs of one agent aggregate as its runs."""
+    files = []
+    for game, seed, mean in (("Pong", 0, 14.6), ("Pong", 1, -20.7), ("Breakout", 0, 59.3), ("Breakout", 1, 1.7)):
+        f = tmp_path / f"{game}_{seed}.json"
+        f.write_text(json.dumps({"game": game, "seed": seed, "returns": [mean], "mean_return": mean}))
+        files.append(str(f))
+    out, plot = tmp_path / "agg.json", tmp_path / "agg.png"
+    assert main(["eval", "--aggregate", *files, "--json", str(out), "--plot", str(plot), "--reps", "200"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["num_runs"] == 2 and summary["games"]["Pong"]["scores"] == [14.6, -20.7]
+    assert summary["mean"]["value"] == pytest.approx(0.75)  # game means 0.5 and 1.0
+    assert plot.is_file()
+    assert "DIAMOND" in capsys.readouterr().out  # the per-game table shows DIAMOND's score beside ours

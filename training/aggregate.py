@@ -41,7 +41,8 @@ def human_normalized(game: str, scores: float | Sequence[float] | np.ndarray) ->
 def load_results(source: str | Path) -> dict[str, list[float]]:
     """Read `{"Game": [score per run, ...]}` from a JSON file; `diamond` gives the shipped published seeds.
 
-    A single number per game is read as one run. Raises FileNotFoundError, or ValueError naming the file
+    A single number per game is read as one run, and so is the JSON that `dreamarcade eval --game G --json`
+    writes (its mean return). Raises FileNotFoundError, or ValueError naming the file
     and what is wrong with it.
     """
     if str(source).lower() == "diamond":
@@ -57,9 +58,20 @@ def load_results(source: str | Path) -> dict[str, list[float]]:
     except json.JSONDecodeError as e:
         raise ValueError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
+        if isinstance(raw, dict) and "game" in raw and "mean_return" in raw:  # one `dreamarcade eval` result
+            raw = {str(raw["game"]): [raw["mean_return"]]}
         return validate_results(raw)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
+
+
+def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Runs of one agent from several files: the scores of each game are concatenated, in order."""
+    merged: dict[str, list[float]] = {}
+    for part in parts:
+        for game, scores in part.items():
+            merged.setdefault(game, []).extend(scores)
+    return validate_results(merged)
 
 
 def validate_results(raw: object) -> dict[str, list[float]]:

@@ -27,7 +27,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--aggregate", metavar="RESULTS", help='JSON {"Game": [score per run, ...]}, or "diamond"')
+    mode.add_argument("--aggregate", metavar="RESULTS", nargs="+",
+                      help='JSON {"Game": [score per run, ...]}, or "diamond", or several files of one agent '
+                           '(e.g. the --json outputs of `eval --game G --seed S`), merged as its runs')
     mode.add_argument("--fidelity", action="store_true", help="compare world-model rollouts with the real emulator")
     p.add_argument("--weights", metavar="SOURCE", default=None,
                    help="local path, hf://OWNER/REPO[/PATH][@REV], or diamond (default: shipped weights, else diamond)")
@@ -78,21 +80,26 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def _label(source: str) -> str:
+    return "DIAMOND (published)" if source.lower() == "diamond" else Path(source).stem
+
+
 def _run_aggregate(args: argparse.Namespace) -> int:
-    from training.aggregate import BootstrapConfig, aggregate, load_results, plot_aggregates
+    from training.aggregate import BootstrapConfig, aggregate, load_results, merge_results, plot_aggregates
 
     if args.reps < 1:
         raise ValueError("--reps must be at least 1")
     cfg = BootstrapConfig(reps=args.reps, seed=args.seed)
-    summary = aggregate(load_results(args.aggregate), cfg)
-    label = "DIAMOND (published)" if args.aggregate.lower() == "diamond" else Path(args.aggregate).stem
+    summary = aggregate(merge_results([load_results(source) for source in args.aggregate]), cfg)
+    label = _label(args.aggregate[0]) + (f" (+{len(args.aggregate) - 1} files)" if len(args.aggregate) > 1 else "")
     summaries = {label: summary}
     for other in args.compare:
-        other_label = "DIAMOND (published)" if other.lower() == "diamond" else Path(other).stem
-        summaries[other_label] = aggregate(load_results(other), cfg)
+        summaries[_label(other)] = aggregate(load_results(other), cfg)
 
-    rows = [[g, f"{d['mean_score']:.1f}", f"{d['hns']:.3f}"] for g, d in summary["games"].items()]
-    print(_table(["game", "mean score", "HNS"], rows))
+    diamond = load_results("diamond")
+    rows = [[g, f"{d['mean_score']:.1f}", f"{d['hns']:.3f}", f"{sum(diamond[g]) / len(diamond[g]):.1f}"]
+            for g, d in summary["games"].items()]
+    print(_table(["game", "mean score", "HNS", "DIAMOND"], rows))
     print()
     pct = int(round(100 * cfg.confidence))
     rows = []
@@ -105,8 +112,10 @@ def _run_aggregate(args: argparse.Namespace) -> int:
     print(f"({summary['num_games']} games x {summary['num_runs']} runs, stratified bootstrap, {cfg.reps} reps)")
     _write_json(args.json, summary)
     if args.plot:
-        if "DIAMOND (published)" not in summaries:
-            summaries["DIAMOND (published)"] = aggregate(load_results("diamond"), cfg)
+        if "DIAMOND (published)" not in summaries:  # on the same games, so that the bars compare
+            games = list(summary["games"])
+            name = "DIAMOND (published)" if len(games) == len(diamond) else f"DIAMOND (published, {len(games)} games)"
+            summaries[name] = aggregate({g: diamond[g] for g in games}, cfg)
         print(f"wrote {plot_aggregates(summaries, args.plot)}")
     return 0
 
