@@ -17,14 +17,16 @@ class ActorCriticConfig:
     channels: tuple[int, ...] = (32, 32, 64, 64)
     down: tuple[bool, ...] = (True, True, True, True)  # 2x2 max-pool after block i
 
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.down):
+            raise ValueError("actor_critic channels and down must have the same length")
+
 
 class ActorCriticEncoder(nn.Module):
     """(B, 3, H, W) -> (B, channels[-1], H / 2^sum(down), W / 2^sum(down)); no activation at the end."""
 
     def __init__(self, cfg: ActorCriticConfig) -> None:
         super().__init__()
-        if len(cfg.channels) != len(cfg.down):
-            raise ValueError("channels and down must have the same length")
         layers: list[nn.Module] = [conv3x3(cfg.img_channels, cfg.channels[0])]
         for i, c in enumerate(cfg.channels):
             layers.append(SmallResBlock(cfg.channels[max(0, i - 1)], c))

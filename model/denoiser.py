@@ -29,6 +29,12 @@ class DenoiserConfig:
     train_sigma_min: float = 2e-3
     train_sigma_max: float = 20.0
 
+    def __post_init__(self) -> None:
+        if not len(self.depths) == len(self.channels) == len(self.attn_depths):
+            raise ValueError("denoiser depths, channels and attn_depths must have the same length")
+        if self.cond_channels % (2 * self.num_steps_conditioning):
+            raise ValueError("denoiser cond_channels must be a multiple of 2 * num_steps_conditioning")
+
 
 @dataclass
 class Conditioners:
@@ -46,8 +52,6 @@ class InnerModel(nn.Module):
 
     def __init__(self, cfg: DenoiserConfig, num_actions: int) -> None:
         super().__init__()
-        if cfg.cond_channels % cfg.num_steps_conditioning:
-            raise ValueError("cond_channels must be a multiple of num_steps_conditioning")
         self.noise_emb = FourierFeatures(cfg.cond_channels)
         self.act_emb = nn.Sequential(
             nn.Embedding(num_actions, cfg.cond_channels // cfg.num_steps_conditioning),

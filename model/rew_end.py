@@ -23,6 +23,10 @@ class RewEndConfig:
     channels: tuple[int, ...] = (32, 32, 32, 32)
     attn_depths: tuple[bool, ...] = (False, False, False, False)
 
+    def __post_init__(self) -> None:
+        if not len(self.depths) == len(self.channels) == len(self.attn_depths):
+            raise ValueError("rew_end depths, channels and attn_depths must have the same length")
+
 
 class RewEndEncoder(nn.Module):
     """(B, 2*3, H, W) frame pair, cond (B, cond_channels) -> (B, channels[-1], H / 2^(L-1), W / 2^(L-1))."""

@@ -179,6 +179,10 @@ def test_agent_config_round_trips_through_json():
         AgentConfig.from_dict({"img_size": 64})
     with pytest.raises(ValueError, match="num_actions"):
         AgentConfig(num_actions=0)
+    d = tiny(3).to_dict()
+    d["denoiser"]["channels"] = [16, 16]
+    with pytest.raises(ValueError, match="same length"):
+        AgentConfig.from_dict(d)
 
 
 def test_agent_exposes_its_parts(tiny_agent):
