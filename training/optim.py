@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,13 +39,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class ModelOptimizer:
     """AdamW + linear warm-up + gradient clipping for one model.
 
-    `step(loss)` runs backward, clips, steps and advances the schedule; it returns the gradient norm
+    `step(loss)` runs backward, syncs gradients if asked, clips, steps and advances the schedule; it returns the gradient norm
     before clipping. As the reference, the first optimizer step has learning rate 0 (warm-up starts at 0).
     """
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: OptimConfig, grad_sync: Callable[[nn.Module], None] | None = None) -> None:
         self.model = model
         self.cfg = cfg
+        self.grad_sync = grad_sync  # e.g. averaging over data-parallel ranks (training.ddp.average_gradients)
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.eps)
         warmup = max(1, cfg.warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, step / warmup))
@@ -60,6 +62,8 @@ class ModelOptimizer:
     def step(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_sync is not None:
+            self.grad_sync(self.model)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

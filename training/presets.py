@@ -8,6 +8,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from model import presets as model_presets
+from model.actor_critic import ActorCriticConfig
+from model.agent import AgentConfig
+from model.denoiser import DenoiserConfig
+from model.rew_end import RewEndConfig
 from training.optim import OptimConfig
 
 
@@ -115,7 +120,41 @@ def tiny() -> TrainConfig:
                                actor_critic=dataclasses.replace(cfg.actor_critic, **small))
 
 
-PRESETS = {"atari100k": atari100k, "consumer": consumer, "tiny": tiny}
+def catch() -> TrainConfig:
+    """The toy game Catch (training.toy_env): a small model learns to catch the ball in a few CPU minutes.
+
+    Scaled to the game: 3-step episodes, so short imagined rollouts; deterministic frames, so one denoising
+    step; higher learning rates and a short warm-up because there are only a few hundred updates.
+    """
+    fast = OptimConfig(lr=1e-3, weight_decay=1e-2, max_grad_norm=1.0, warmup_steps=10)
+    return TrainConfig(
+        model="catch", total_real_steps=1_200, initial_steps_min=600, initial_steps_max=600,
+        initial_min_rare_rewards=0, collect_steps_per_epoch=100, num_final_epochs=0, epsilon=0.0,
+        eval_every=2, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
+        denoiser=ModelTraining(fast, batch_size=16, steps_first_epoch=150, steps_per_epoch=20, seq_length=5),
+        rew_end=ModelTraining(dataclasses.replace(fast, max_grad_norm=100.0), batch_size=16,
+                              steps_first_epoch=100, steps_per_epoch=20, seq_length=6),
+        actor_critic=ModelTraining(OptimConfig(lr=2e-3, weight_decay=0.0, max_grad_norm=100.0, warmup_steps=10),
+                                   batch_size=32, steps_first_epoch=60, steps_per_epoch=30, seq_length=4),
+        imagination=ImaginationConfig(horizon=4, gamma=0.9, lam=0.9, weight_entropy_loss=0.01, denoising_steps=1),
+    )
+
+
+PRESETS = {"atari100k": atari100k, "consumer": consumer, "tiny": tiny, "catch": catch}
+
+
+def agent_config(cfg: TrainConfig, num_actions: int) -> AgentConfig:
+    """The model of a training config: a `model.presets` name, or "catch" (a smaller one for the toy game)."""
+    if cfg.model == "catch":
+        return AgentConfig(
+            num_actions=num_actions,
+            denoiser=DenoiserConfig(cond_channels=16, depths=(1, 1, 1, 1), channels=(8, 8, 16, 16)),
+            rew_end=RewEndConfig(lstm_dim=32, cond_channels=16, depths=(1, 1, 1, 1), channels=(8, 8, 8, 8)),
+            actor_critic=ActorCriticConfig(lstm_dim=32, channels=(8, 8, 16, 16)),
+        )
+    if cfg.model not in model_presets.PRESETS:
+        raise ValueError(f"unknown model preset {cfg.model!r}; choose one of: {', '.join(model_presets.PRESETS)}, catch")
+    return model_presets.PRESETS[cfg.model](num_actions)
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -129,18 +128,10 @@ class RunDir:
             raise ValueError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
 
     def save_weights(self, agent, metadata: dict) -> Path:
-        """Saves the agent in the dreamarcade format to RUN/weights (written aside, then swapped in)."""
+        """Saves the agent in the dreamarcade format to RUN/weights/ (`weights.save_agent` writes atomically)."""
         from weights import save_agent
 
-        tmp, old = self.path / "weights.tmp", self.path / "weights.old"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_agent(agent, tmp, metadata=metadata)
-        if self.weights_path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.weights_path, old)
-        os.replace(tmp, self.weights_path)
-        shutil.rmtree(old, ignore_errors=True)
-        return self.weights_path
+        return save_agent(agent, self.weights_path, metadata=metadata)
 
     # end of run
     def mark_finished(self, summary: dict) -> None:

@@ -63,3 +63,8 @@ class CatchEnv(gym.Env):
 
 if "dreamarcade/Catch-v0" not in gym.registry:
     gym.register("dreamarcade/Catch-v0", entry_point=CatchEnv)
+
+
+def toy_env_id(game: str) -> str | None:
+    """The gymnasium id of a toy game name ("Catch", any case), or None when `game` is not a toy game."""
+    return "dreamarcade/Catch-v0" if str(game).strip().lower() == "catch" else None
