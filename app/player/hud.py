@@ -14,7 +14,7 @@ import pygame
 from app.player.keymap import Keymap
 from app.player.session import Snapshot
 
-HEADER_H = 112
+HEADER_H = 124
 FOOTER_H = 26
 GAP = 8
 BG = (16, 18, 24)
@@ -107,8 +107,8 @@ class Hud:
             x = x0 + i * (self.size + GAP)
             surface.blit(self.frame_surface(frame, self.size, self.size), (x, HEADER_H))
             label = self._text(f" {title.upper()} ", BG, self.small)
-            pygame.draw.rect(surface, ACCENT if title == "dream" else GREEN, (x, HEADER_H, label.get_width(), 16))
-            surface.blit(label, (x, HEADER_H + 2))
+            pygame.draw.rect(surface, ACCENT if title == "dream" else GREEN, (x, HEADER_H - 17, label.get_width(), 16))
+            surface.blit(label, (x, HEADER_H - 15))
         self._header(surface, snap, status)
         self._footer(surface, snap, status)
         if status.help:
@@ -144,34 +144,38 @@ class Hud:
         for text, color in flags:
             s = self._text(text, color, self.big)
             x -= s.get_width()
-            surface.blit(s, (x, HEADER_H - 30))
+            surface.blit(s, (x, HEADER_H - 24))
             x -= 12
         if status.recording:
-            pygame.draw.circle(surface, RED, (x, HEADER_H - 18), 7)
+            pygame.draw.circle(surface, RED, (x, HEADER_H - 13), 7)
 
     def _footer(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
         y = HEADER_H + self.size + 5
         message = status.message or snap.message
+        used = 8
         if message:
-            surface.blit(self._text(message, ACCENT), (8, y))
+            text = self._text(message, ACCENT)
+            surface.blit(text, (8, y))
+            used += text.get_width() + 24
         hint = self._text(f"{self.keymap.summary()}   h: help   Esc: quit", DIM, self.small)
-        surface.blit(hint, (surface.get_width() - hint.get_width() - 8, y + 3))
+        if used + hint.get_width() + 8 <= surface.get_width():
+            surface.blit(hint, (surface.get_width() - hint.get_width() - 8, y + 3))
 
     def _help(self, surface: pygame.Surface) -> None:
         shade = pygame.Surface(surface.get_size(), pygame.SRCALPHA)
-        shade.fill((0, 0, 0, 210))
+        shade.fill((8, 9, 12, 238))
         surface.blit(shade, (0, 0))
-        surface.blit(self._text("Controls", ACCENT, self.big), (16, 12))
+        surface.blit(self._text("Controls", ACCENT, self.big), (16, 10))
         for i, (key, what) in enumerate(CONTROLS):
-            surface.blit(self._text(key, ACCENT), (16, 44 + i * 22))
-            surface.blit(self._text(what, FG), (110, 44 + i * 22))
-        y = 44 + len(CONTROLS) * 22 + 14
+            surface.blit(self._text(key, ACCENT, self.small), (16, 40 + i * 18))
+            surface.blit(self._text(what, FG, self.small), (100, 40 + i * 18))
+        y = 40 + len(CONTROLS) * 18 + 10
         surface.blit(self._text(f"{self.keymap.num_actions} game actions: hold the keys", ACCENT, self.big), (16, y))
         meanings = self.keymap.meanings
         ncols = max(1, (surface.get_width() - 16) // 300)
         rows = math.ceil(len(meanings) / ncols)
         for i, meaning in enumerate(meanings):
             col, row = divmod(i, rows)
-            x, yy = 16 + col * 300, y + 32 + row * 19
+            x, yy = 16 + col * 300, y + 30 + row * 17
             surface.blit(self._text(meaning, ACCENT, self.small), (x, yy))
             surface.blit(self._text(self.keymap.combo(i), FG, self.small), (x + 112, yy))

@@ -63,6 +63,7 @@ class Player:
     options: WindowOptions = field(default_factory=WindowOptions)
 
     def __post_init__(self) -> None:
+        self.options.out_dir = Path(self.options.out_dir)
         self.keymap = Keymap(self.session.meanings)
         self.hud = Hud(self.options.size, self.keymap)
         self.status = Status(fps_target=self.options.fps)
