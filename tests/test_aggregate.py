@@ -9,7 +9,7 @@ import pytest
 from app.cli import main
 from training.aggregate import (
     BootstrapConfig, aggregate, human_normalized, iqm, load_results, median_score, mean_score,
-    percentile_interval, plot_aggregates, score_matrix, stratified_bootstrap, superhuman,
+    percentile_interval, plot_aggregates, stratified_bootstrap, superhuman,
 )
 
 
@@ -105,7 +105,6 @@ def test_single_score_per_game_and_subset():
 
 
 def test_plot(tmp_path):
-    games, _ = score_matrix(load_results("diamond"))
     summary = aggregate(load_results("diamond"), BootstrapConfig(reps=200))
     path = plot_aggregates({"DIAMOND": summary, "other": summary}, tmp_path / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.pixels import to_float, to_uint8
 from training.atari_env import make_atari_env
