@@ -109,7 +109,7 @@ def _run_aggregate(args: argparse.Namespace) -> int:
             fmt = "{:.0f}" if m == "superhuman" else "{:.3f}"
             rows.append([name, title, fmt.format(v), f"[{fmt.format(lo)}, {fmt.format(hi)}]"])
     print(_table(["results", "metric", "value", f"{pct}% CI"], rows))
-    print(f"({summary['num_games']} games x {summary['num_runs']} runs, stratified bootstrap, {cfg.reps} reps)")
+    print(f"({summary['num_games']} game(s) x {summary['num_runs']} run(s), stratified bootstrap, {cfg.reps} reps)")
     _write_json(args.json, summary)
     if args.plot:
         if "DIAMOND (published)" not in summaries:  # on the same games, so that the bars compare
@@ -136,6 +136,9 @@ def _run_episodes(args: argparse.Namespace) -> int:
     print(_table(["game", "episodes", "mean return", "std", "HNS"],
                  [[result["game"], str(result["episodes"]), f"{result['mean_return']:.1f}",
                    f"{result['std_return']:.1f}", f"{result['hns']:.3f}"]]))
+    if result["truncated"]:
+        cause = "--max-steps" if args.max_steps else "ALE's 108,000-frame cap"
+        print(f"note: {result['truncated']} episode(s) were cut short by {cause}")
     _write_json(args.json, result)
     return 0
 
