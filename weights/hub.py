@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -79,11 +80,19 @@ def endpoint_reachable(url: str | None = None, timeout: float = PROBE_TIMEOUT_S)
     port = target.port or (443 if target.scheme == "https" else 80)
     if not host:
         return f"bad endpoint URL {url or endpoint()!r}"
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"cannot connect to {host}:{port} ({e.strerror or type(e).__name__})"
+    result = [f"no answer from {host}:{port} within {timeout:g} s"]
+
+    def probe() -> None:  # in a thread: a hanging DNS lookup is not bounded by the socket timeout
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result[0] = None
+        except OSError as e:
+            result[0] = f"cannot connect to {host}:{port} ({e.strerror or e})"
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return result[0]
 
 
 def _no_proxy(host: str | None) -> bool:
@@ -93,7 +102,7 @@ def _no_proxy(host: str | None) -> bool:
 
 
 def download(repo_id: str, filename: str, revision: str | None = None, token: str | bool | None = None,
-             hint: str | None = None) -> Path:
+             hint: str | None = None, force: bool = False) -> Path:
     """Path to `filename` of Hub repo `repo_id` at `revision`, downloaded into the cache if needed
     (with huggingface_hub's progress bar).
 
@@ -105,9 +114,12 @@ def download(repo_id: str, filename: str, revision: str | None = None, token: st
     cache = hub_cache_dir()
     get_it = hint or f"connect to the network and run again (the file is then cached in {cache})"
     why_offline = "HF_HUB_OFFLINE is set" if offline_mode() else None
-    if why_offline is None and (revision is None or not _is_commit(revision) or cached_file(repo_id, filename, revision) is None):
+    if why_offline is None and (force or revision is None or not _is_commit(revision)
+                                or cached_file(repo_id, filename, revision) is None):
         why_offline = endpoint_reachable()  # a pinned, cached commit needs no network at all
     if why_offline is not None:
+        if force:
+            raise ConnectionError(f"{url}: cannot download again: {why_offline}")
         found = cached_file(repo_id, filename, revision)
         if found is None:
             raise ConnectionError(f"{url} is not in the Hugging Face cache ({cache}) and the Hub cannot be "
@@ -115,7 +127,7 @@ def download(repo_id: str, filename: str, revision: str | None = None, token: st
         return found
     try:
         path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint(),
-                               token=token, etag_timeout=ETAG_TIMEOUT_S)
+                               token=token, etag_timeout=ETAG_TIMEOUT_S, force_download=force)
     except GatedRepoError:
         raise PermissionError(f"{url}: the repository is gated; accept its terms on the Hub and log in "
                               "(`hf auth login` or HF_TOKEN)") from None

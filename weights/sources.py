@@ -1,7 +1,7 @@
 """`load_agent(source, game)`: every place weights can come from (DESIGN.md "Weights sources").
 
     None                      the weights shipped in weights/shipped/{Game}.safetensors, else "diamond"
-    "diamond"                 DIAMOND's released agent for `game` (Hub repo eloialonso/diamond, pinned)
+    "diamond[@REVISION]"      DIAMOND's released agent for `game` (Hub repo eloialonso/diamond, pinned)
     "hf://OWNER/REPO[/PATH][@REVISION]"
                               a Hub repository in dreamarcade's format (agent.safetensors at PATH or
                               the root), or a DIAMOND .pt inside one (PATH ending in .pt)
@@ -16,11 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from weights.diamond import load_diamond_agent
-from weights.format import WEIGHTS_FILENAME, load_agent_file, save_agent
-
+# torch-heavy modules (weights.format, weights.diamond) are imported where used, so that
+# `dreamarcade games` and `describe_source` start without torch.
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 DEFAULT_GAME = "Breakout"
 HF_PREFIX = "hf://"
@@ -42,6 +39,8 @@ class HubSource:
     @property
     def filename(self) -> str:
         """The file to download: the .pt or .safetensors named, or PATH/agent.safetensors."""
+        from weights.format import WEIGHTS_FILENAME
+
         if self.path is None:
             return WEIGHTS_FILENAME
         if self.is_diamond_checkpoint or self.path.endswith(".safetensors"):
@@ -84,8 +83,7 @@ def describe_source(source: str | None, game: str | None) -> str:
     return str(source)
 
 
-def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
-               device: str | torch.device = "cpu"):
+def load_agent(source: str | os.PathLike | None = None, game: str | None = None, device="cpu"):
     """A model.Agent in eval mode on `device`, from `source` (see the module docstring).
 
     `game` (canonical name, e.g. "Breakout") selects the shipped or DIAMOND weights; default Breakout.
@@ -93,12 +91,14 @@ def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
     naming the file), ConnectionError (offline and not cached: the message says how to get it).
     The agent's `weights_info` dict says where the weights came from.
     """
+    from weights.format import load_agent_file
+
     game = game or DEFAULT_GAME
     if source is None:
         shipped = shipped_weights(game)
         agent = load_agent_file(shipped, device) if shipped else _load_diamond_release(game, device)
-    elif isinstance(source, str) and source == "diamond":
-        agent = _load_diamond_release(game, device)
+    elif isinstance(source, str) and (source == "diamond" or source.startswith("diamond@")):
+        agent = _load_diamond_release(game, device, source.partition("@")[2] or None)
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
         agent = _load_hub(parse_hub_source(source), game, device)
     else:
@@ -108,8 +108,11 @@ def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
     return agent
 
 
-def load_local(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_local(path: str | os.PathLike, device="cpu"):
     """A dreamarcade weights directory/file or a DIAMOND .pt checkpoint on disk."""
+    from weights.diamond import load_diamond_agent
+    from weights.format import load_agent_file
+
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -121,15 +124,30 @@ def load_local(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return load_agent_file(path, device)
 
 
-def _load_diamond_release(game: str, device):
+def fetch_diamond(game: str, revision: str | None = None, force: bool = False) -> Path:
+    """Download DIAMOND's released checkpoint for `game` (pinned revision unless given) into the
+    cache and convert it to dreamarcade's format once; returns the converted file."""
+    from weights import hub
+
+    revision = revision or hub.DIAMOND_REVISION
+    filename = hub.diamond_filename(game)
+    file = hub.download(hub.DIAMOND_REPO, filename, revision, force=force)
+    converted = hub.converted_path(file)
+    if force or not converted.is_file():
+        _load_hub_diamond(hub.DIAMOND_REPO, filename, revision, game, "cpu", hint="", reconvert=True)
+    return converted
+
+
+def _load_diamond_release(game: str, device, revision: str | None = None):
     from weights.hub import DIAMOND_REPO, DIAMOND_REVISION, diamond_filename
 
     hint = f"run `dreamarcade download {game}` with network access first"
-    return _load_hub_diamond(DIAMOND_REPO, diamond_filename(game), DIAMOND_REVISION, game, device, hint)
+    return _load_hub_diamond(DIAMOND_REPO, diamond_filename(game), revision or DIAMOND_REVISION, game, device, hint)
 
 
 def _load_hub(source: HubSource, game: str, device):
     from weights import hub
+    from weights.format import load_agent_file
 
     hint = f"connect to the network and run again (the download is then cached), or use a local path"
     if source.is_diamond_checkpoint:
@@ -143,14 +161,17 @@ def _load_hub(source: HubSource, game: str, device):
     return agent
 
 
-def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str, device, hint: str):
+def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str, device, hint: str,
+                      reconvert: bool = False):
     """Download a DIAMOND .pt from the Hub (cached), convert it once, load the converted copy."""
     from weights import hub
+    from weights.diamond import load_diamond_agent
+    from weights.format import load_agent_file, save_agent
 
     url = hub.hub_url(repo_id, filename, revision)
     file = hub.download(repo_id, filename, revision, hint=hint)
     converted = hub.converted_path(file)
-    if converted.is_file():
+    if converted.is_file() and not reconvert:
         try:
             agent = load_agent_file(converted, device)
             agent.weights_info["hub"] = url

@@ -1,0 +1,45 @@
+"""`dreamarcade games`: the 26 Atari 100k games and where their weights would come from."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+List the supported games, their number of actions, and where `dreamarcade play --game GAME`
+takes weights from: weights shipped with dreamarcade, DIAMOND's released agent already in the
+Hugging Face cache, or DIAMOND's released agent downloaded on first use. No network is used.
+"""
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION)
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    return p
+
+
+def weights_origin(game: str) -> str:
+    """'shipped', 'diamond (cached)' or 'diamond (download)', without network."""
+    from weights import hub
+    from weights.sources import shipped_weights
+
+    if shipped_weights(game) is not None:
+        return "shipped"
+    if hub.cached_file(hub.DIAMOND_REPO, hub.diamond_filename(game), hub.DIAMOND_REVISION) is not None:
+        return "diamond (cached)"
+    return "diamond (download)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.games import GAME_NAMES, MINIMAL_ACTION_COUNTS
+
+    rows = [{"game": g, "actions": MINIMAL_ACTION_COUNTS[g], "weights": weights_origin(g)} for g in GAME_NAMES]
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'game':<16}{'actions':>8}  weights")
+    for row in rows:
+        print(f"{row['game']:<16}{row['actions']:>8}  {row['weights']}")
+    print("\nshipped: in dreamarcade's package; diamond: DIAMOND's released agent (eloialonso/diamond on the Hub),"
+          "\ncached or downloaded on first use (`dreamarcade download GAME` fetches it ahead of time).")
+    return 0
