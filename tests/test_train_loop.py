@@ -1,0 +1,144 @@
+"""The training loop end to end on the toy game: a tiny run is killed (SIGKILL), resumes and finishes with
+counters that continue; a finished run says so; the run directory holds what a user opens."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.optim import ModelOptimizer, OptimConfig, param_groups
+from training.presets import PRESETS, TrainConfig, get_preset
+from training.run_dir import RunDir
+from training.tensorboard_log import read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dreamarcade(*args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def metrics_epochs(run: Path) -> list[int]:
+    return [row["epoch"] for row in RunDir(run).read_metrics()]
+
+
+def test_tiny_run_killed_resumes_and_finishes(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress"]
+    proc = dreamarcade(*args)
+    deadline = time.time() + 400
+    while 1 not in metrics_epochs(run):  # epoch 1 is saved: kill it while it works on epoch 2
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "epoch 1 never finished"
+        time.sleep(0.2)
+    episodes_at_kill = {p.name for p in (run / "store").iterdir()}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "finished").exists()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    killed_at = ckpt["counters"]["epoch"]
+    assert killed_at >= 1
+
+    again = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # no silent restart over an existing run
+
+    proc = dreamarcade("train", "--run-dir", str(run), "--resume", "--no-progress")
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    assert "finished" in out
+
+    cfg = get_preset("tiny")
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    c = ckpt["counters"]
+    assert c["epoch"] == c["num_epochs"] == 3
+    # counters continue: the updates of every epoch are counted exactly once across the kill
+    for m in ("denoiser", "rew_end", "actor_critic"):
+        mc = getattr(cfg, m)
+        assert c["updates"][m] == mc.steps_first_epoch + 2 * mc.steps_per_epoch, m
+    assert episodes_at_kill <= {p.name for p in (run / "store").iterdir()}, "episodes lost"
+    epochs = metrics_epochs(run)
+    assert epochs[0] == 0 and epochs[-1] == 3 and set(range(4)) <= set(epochs)
+    assert json.loads((run / "finished").read_text())["finished"] is True
+
+    # a finished run says so instead of starting again
+    done = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(run), "--resume"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "finished" in done.stdout
+    assert metrics_epochs(run) == epochs
+
+    # what a user opens
+    assert (run / "weights" / "agent.safetensors").exists()
+    from weights import load_agent
+
+    agent = load_agent(str(run / "weights"))
+    assert agent.num_actions == 3
+    assert {"denoiser.png", "rew_end.png", "actor_critic.png"} <= {p.name for p in (run / "plots").iterdir()}
+    tb = list((run / "tensorboard").iterdir())
+    tags = {tag for f in tb for _, tag, _ in read_scalars(f)}
+    assert "denoiser/train/loss_denoising" in tags
+    config = json.loads((run / "config.json").read_text())
+    assert TrainConfig.from_dict(config["train"]).game == "Catch" and config["train"]["seed"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--run-dir" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Brekout", "--preset", "tiny"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "Breakout" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Pong", "--preset", "huge"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "tiny" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(tmp_path / "none"), "--resume"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "no training run to resume" in r.stderr
+
+
+def test_presets_round_trip_through_json():
+    for name in PRESETS:
+        cfg = get_preset(name)
+        assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    paper = get_preset("atari100k")
+    assert (paper.denoiser.steps_per_epoch, paper.actor_critic.steps_first_epoch) == (400, 5000)
+    assert paper.imagination.horizon == 15 and paper.actor_critic.batch_size == 32
+    with pytest.raises(ValueError, match="unknown training config keys"):
+        TrainConfig.from_dict({"gamma": 0.9})
+
+
+def test_optimizer_weight_decay_split_warmup_and_state():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 5, 5))
+    decay, no_decay = param_groups(model, 0.01)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(no_decay["params"]) == 4  # conv bias, norm weight and bias, linear bias
+    opt = ModelOptimizer(model, OptimConfig(lr=1e-2, warmup_steps=4))
+    assert opt.lr == 0.0  # as the reference: the first step has lr 0
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(model(torch.randn(2, 3, 5, 5)).pow(2).sum())
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    for _ in range(5):
+        opt.step(model(torch.randn(2, 3, 5, 5)).pow(2).sum())
+    assert opt.lr == pytest.approx(1e-2) and opt.num_steps == 6
+    other = ModelOptimizer(model, OptimConfig(lr=1e-2, warmup_steps=4))
+    other.load_state_dict(opt.state_dict())
+    assert other.num_steps == 6 and other.lr == pytest.approx(1e-2)
+
+
+def test_checkpoint_is_atomic_and_validated(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_checkpoint({"x": torch.arange(3)})
+    assert torch.equal(run.load_checkpoint()["x"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="checkpoint.pt"):
+        run.load_checkpoint()
