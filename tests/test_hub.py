@@ -106,12 +106,17 @@ def test_diamond_download_then_offline_from_cache(server, diamond_files, tmp_pat
     pinned = f"/{DIAMOND_REPO}/resolve/{DIAMOND_REVISION}/{diamond_filename('Breakout')}"
     assert ("GET", pinned) in server.requests
 
+    blob = hashlib.sha256(diamond_files[0][diamond_filename("Breakout")]).hexdigest()
+    converted = tmp_path / "hf" / "hub" / "dreamarcade-converted" / f"{blob}.safetensors"
+    assert converted.is_file()  # converted once, by `download`
+    converted.write_bytes(converted.read_bytes()[:1000])  # damaged: rebuilt from the checkpoint
+
     server.stop()  # no network from here on
     requests = len(server.requests)
     cached, offline = load(env, ("diamond", "Breakout"), ("diamond", "Breakout", {"HF_HUB_OFFLINE": "1"}))
     for out in (cached, offline):
         assert out["num_actions"] == 4 and out["hash"] == diamond_files[1]
-        assert "dreamarcade-converted" in out["info"]["file"]  # converted once, by `download`
+    assert offline["info"]["file"] == str(converted)
     assert len(server.requests) == requests
     games = cli(env, "games")
     assert games.returncode == 0 and any(

@@ -133,7 +133,7 @@ def fetch_diamond(game: str, revision: str | None = None, force: bool = False) -
     filename = hub.diamond_filename(game)
     file = hub.download(hub.DIAMOND_REPO, filename, revision, force=force)
     converted = hub.converted_path(file)
-    if force or not converted.is_file():
+    if force or not _readable(converted):
         _load_hub_diamond(hub.DIAMOND_REPO, filename, revision, game, "cpu", hint="", reconvert=True)
     return converted
 
@@ -149,10 +149,16 @@ def _load_hub(source: HubSource, game: str, device):
     from weights import hub
     from weights.format import load_agent_file
 
-    hint = f"connect to the network and run again (the download is then cached), or use a local path"
+    hint = "connect to the network and run again (the download is then cached), or use a local path"
     if source.is_diamond_checkpoint:
         return _load_hub_diamond(source.repo_id, source.filename, source.revision, game, device, hint)
-    file = hub.download(source.repo_id, source.filename, source.revision, hint=hint)
+    try:
+        file = hub.download(source.repo_id, source.filename, source.revision, hint=hint)
+    except FileNotFoundError as e:
+        if source.path is not None or "has no file" not in str(e):
+            raise
+        raise FileNotFoundError(f"{e}: not a dreamarcade weights repository; for a DIAMOND checkpoint inside "
+                                f"it, name the file: hf://{source.repo_id}/PATH/GAME.pt") from None
     try:
         agent = load_agent_file(file, device)
     except ValueError as e:
@@ -182,7 +188,7 @@ def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: s
         agent = load_diamond_agent(file, "cpu")
     except ValueError as e:
         raise ValueError(f"{url} (cached at {file}) is not a valid DIAMOND agent checkpoint: {_reason(e, file)}; "
-                         f"if the download was damaged, delete that file and download again") from None
+                         f"if the download was damaged, delete {os.path.realpath(file)} and download again") from None
     try:
         save_agent(agent, converted, metadata={"game": game, "source": "diamond", "origin": url})
     except OSError as e:  # a read-only cache still plays, it just converts again next time
@@ -201,6 +207,17 @@ def _reason(error: ValueError, file: Path) -> str:
     text = str(error)
     prefix = f"{file}: "
     return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _readable(file: Path) -> bool:
+    """Whether a dreamarcade weights file exists with a complete header (no tensors read)."""
+    from weights.format import read_weights_info
+
+    try:
+        read_weights_info(file)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _is_zip(path: Path) -> bool:
