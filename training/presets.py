@@ -140,7 +140,23 @@ def catch() -> TrainConfig:
     )
 
 
-PRESETS = {"atari100k": atari100k, "consumer": consumer, "tiny": tiny, "catch": catch}
+def cpu() -> TrainConfig:
+    """The `small` model on an Atari game with a CPU budget (how the shipped default weights were trained):
+    a few thousand real steps, short epochs, larger learning rates with a short warm-up. Run it as long as
+    you can afford; weights are written after every epoch."""
+    fast = OptimConfig(lr=3e-4, weight_decay=1e-2, max_grad_norm=1.0, warmup_steps=50)
+    return TrainConfig(
+        model="small", total_real_steps=30_000, initial_steps_min=2_000, initial_steps_max=4_000,
+        collect_steps_per_epoch=200, num_final_epochs=10, eval_every=5, eval_episodes=2, final_eval_episodes=10,
+        denoiser=ModelTraining(fast, batch_size=16, steps_first_epoch=400, steps_per_epoch=100, seq_length=6),
+        rew_end=ModelTraining(dataclasses.replace(fast, max_grad_norm=100.0), batch_size=16,
+                              steps_first_epoch=150, steps_per_epoch=40, seq_length=19),
+        actor_critic=ModelTraining(dataclasses.replace(fast, weight_decay=0.0, max_grad_norm=100.0), batch_size=16,
+                                   steps_first_epoch=100, steps_per_epoch=30, seq_length=4),
+    )
+
+
+PRESETS = {"atari100k": atari100k, "consumer": consumer, "cpu": cpu, "tiny": tiny, "catch": catch}
 
 
 def agent_config(cfg: TrainConfig, num_actions: int) -> AgentConfig:
