@@ -120,3 +120,26 @@ def test_any_image_game_is_collected_the_same_way(tmp_path):
 
 def test_collect_steps_per_s_runs():
     assert measure_collect_steps_per_s("Pong", num_envs=2, num_steps=200, repeats=1) > 0
+
+
+class ShortOrLong(Corridor):
+    """Env 0 of a vector env plays 2-step games, the others 8-step games."""
+
+    count = 0
+
+    def __init__(self):
+        super().__init__()
+        self.length = 2 if ShortOrLong.count == 0 else 8
+        ShortOrLong.count += 1
+
+    def step(self, action):
+        obs, rew, _, trunc, info = super().step(action)
+        return obs, rew, self.x == self.length, trunc, info
+
+
+def test_episode_counts_are_shared_between_envs_so_short_games_are_not_favoured(tmp_path):
+    ShortOrLong.count = 0
+    store = EpisodeStore(tmp_path)
+    stats = Collector(VecSource(ShortOrLong, 2, train=False), store, seed=0).collect(RandomPolicy(2, seed=0),
+                                                                                     num_episodes=4)
+    assert sorted(stats.lengths) == sorted(store.lengths.tolist()) == [2, 2, 8, 8]

@@ -149,7 +149,8 @@ class Collector:
     """Steps `source` with a policy and appends each completed episode to `store` (if given).
 
     collect(policy, num_steps=...) counts real transitions over all envs (it may overshoot by < N);
-    collect(policy, num_episodes=...) stops when that many episodes have completed.
+    collect(policy, num_episodes=...) has env i complete its share (num_episodes // N, +1 for the first
+    num_episodes % N envs) and keeps only those, so that short games are not favoured.
     """
 
     def __init__(self, source: VecSource, store: EpisodeStore | None, seed: int | None = None):
@@ -177,7 +178,11 @@ class Collector:
         t0 = time.perf_counter()
         steps, returns, lengths = 0, [], []
         obs, bufs = self.obs, self._bufs
-        while (steps < num_steps) if num_steps is not None else (len(returns) < num_episodes):
+        quota = None
+        if num_episodes is not None:  # a fixed number per env: stopping at the first N finished would favour short games
+            n = self.source.num_envs
+            quota = np.full(n, num_episodes // n) + (np.arange(n) < num_episodes % n)
+        while (steps < num_steps) if quota is None else quota.any():
             if self._first.any():
                 policy.reset(self._first)
             act = np.asarray(policy.act(obs))
@@ -194,6 +199,10 @@ class Collector:
             for i in np.flatnonzero(done):
                 ep = _to_episode(bufs[i], next_obs[i])
                 bufs[i] = _Buffer()
+                if quota is not None:
+                    if quota[i] == 0:
+                        continue
+                    quota[i] -= 1
                 returns.append(ep.ret)
                 lengths.append(len(ep))
                 if self.store is not None:
