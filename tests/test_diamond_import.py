@@ -27,6 +27,7 @@ def test_every_key_is_loaded_with_its_value(checkpoint, tmp_path):
     agent = load_agent(checkpoint)
     assert agent.num_actions == 4 and agent.config == presets.atari100k(4)
     assert not agent.training
+    assert "game" not in agent.weights_info  # a bare .pt does not say; the caller's --game decides
     ours = agent.state_dict()
     reference = diamond_state_dict(4, seed=1)
     assert len(ours) == len(reference) == 372

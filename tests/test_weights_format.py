@@ -57,6 +57,16 @@ def test_half_precision_is_half_the_size_and_loads_as_float32(agent, tmp_path):
         torch.testing.assert_close(value, agent.state_dict()[key].half().float(), rtol=0, atol=0)
 
 
+def test_half_precision_refuses_values_it_cannot_hold(tmp_path):
+    agent = Agent(presets.tiny(4))
+    with torch.no_grad():
+        agent.actor_critic.critic_linear.bias.fill_(1e6)
+    with pytest.raises(ValueError, match=r"critic_linear\.bias has values outside the float16 range"):
+        save_agent(agent, tmp_path / "w.safetensors", dtype="float16")
+    assert torch.equal(load_agent(save_agent(agent, tmp_path / "b.safetensors", dtype="bfloat16"))
+                       .actor_critic.critic_linear.bias, agent.actor_critic.critic_linear.bias.bfloat16().float())
+
+
 def test_save_is_atomic_and_leaves_no_temporary_file(agent, tmp_path):
     file = save_agent(agent, tmp_path / "w")
     before = file.read_bytes()

@@ -73,8 +73,11 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
     tensors = {}
     for key, value in agent.state_dict().items():
         value = value.detach().to("cpu")
-        if value.is_floating_point():
-            value = value.to(_DTYPES[dtype])
+        if value.is_floating_point() and dtype != "float32":
+            half = value.to(_DTYPES[dtype])
+            if not torch.isfinite(half).all() and torch.isfinite(value).all():
+                raise ValueError(f"{key} has values outside the {dtype} range; save it as bfloat16 or float32")
+            value = half
         tensors[key] = value.contiguous().clone()  # clone: safetensors refuses shared storage
     fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
     os.close(fd)

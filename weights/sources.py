@@ -13,6 +13,7 @@ copy is cached beside huggingface_hub's cache.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,24 +87,27 @@ def describe_source(source: str | None, game: str | None) -> str:
 def load_agent(source: str | os.PathLike | None = None, game: str | None = None, device="cpu"):
     """A model.Agent in eval mode on `device`, from `source` (see the module docstring).
 
-    `game` (canonical name, e.g. "Breakout") selects the shipped or DIAMOND weights; default Breakout.
+    `game` (canonical name, e.g. "Breakout") selects the shipped or DIAMOND weights (default Breakout);
+    for other sources it is only recorded when the weights do not name their game.
     Raises FileNotFoundError (no such file/repository), ValueError (invalid or corrupt weights,
     naming the file), ConnectionError (offline and not cached: the message says how to get it).
     The agent's `weights_info` dict says where the weights came from.
     """
     from weights.format import load_agent_file
 
-    game = game or DEFAULT_GAME
     if source is None:
+        game = game or DEFAULT_GAME
         shipped = shipped_weights(game)
         agent = load_agent_file(shipped, device) if shipped else _load_diamond_release(game, device)
     elif isinstance(source, str) and (source == "diamond" or source.startswith("diamond@")):
+        game = game or DEFAULT_GAME
         agent = _load_diamond_release(game, device, source.partition("@")[2] or None)
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
         agent = _load_hub(parse_hub_source(source), game, device)
     else:
         agent = load_local(source, device)
-    agent.weights_info.setdefault("game", game)
+    if game is not None:  # otherwise only the weights' own metadata names a game
+        agent.weights_info.setdefault("game", game)
     agent.weights_info["source"] = str(source) if source is not None else describe_source(None, game)
     return agent
 
@@ -151,6 +155,8 @@ def _load_hub(source: HubSource, game: str, device):
 
     hint = "connect to the network and run again (the download is then cached), or use a local path"
     if source.is_diamond_checkpoint:
+        if game is None and re.fullmatch(r"(.*/)?atari_100k/models/\w+\.pt", source.filename):
+            game = Path(source.filename).stem  # DIAMOND's layout names the file after the game
         return _load_hub_diamond(source.repo_id, source.filename, source.revision, game, device, hint)
     try:
         file = hub.download(source.repo_id, source.filename, source.revision, hint=hint)
@@ -167,7 +173,7 @@ def _load_hub(source: HubSource, game: str, device):
     return agent
 
 
-def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str, device, hint: str,
+def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str | None, device, hint: str,
                       reconvert: bool = False):
     """Download a DIAMOND .pt from the Hub (cached), convert it once, load the converted copy."""
     from weights import hub
@@ -190,10 +196,11 @@ def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: s
         raise ValueError(f"{url} (cached at {file}) is not a valid DIAMOND agent checkpoint: {_reason(e, file)}; "
                          f"if the download was damaged, delete {os.path.realpath(file)} and download again") from None
     try:
-        save_agent(agent, converted, metadata={"game": game, "source": "diamond", "origin": url})
+        info = {"source": "diamond", "origin": url, **({"game": game} if game else {})}
+        save_agent(agent, converted, metadata=info)
     except OSError as e:  # a read-only cache still plays, it just converts again next time
         hub.log(f"could not cache the converted weights at {converted} ({e})")
-    agent.weights_info = {"source": "diamond", "game": game, "hub": url, "file": str(file)}
+    agent.weights_info = {"source": "diamond", "hub": url, "file": str(file), **({"game": game} if game else {})}
     return agent.to(device).eval()
 
 
