@@ -100,7 +100,7 @@ def test_measure_and_cli(agent, tmp_path, capsys):
             "--contexts", "2", "--denoising-steps", "1", "--policy", "random", "--out", str(out)]
     assert main(argv) == 0
     saved = json.loads((out / "fidelity.json").read_text())
-    assert len(saved["psnr"]) == 3 and (out / "strip.png").is_file()
+    assert len(saved["psnr"]) == 3 and (out / "strip.png").is_file() and (out / "curves.png").is_file()
     assert {"reward_accuracy", "end_accuracy", "mean_ssim"} <= set(saved)
     assert "PSNR" in capsys.readouterr().out
 

@@ -240,7 +240,33 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
         best = int(real.valid.sum(1).argmax())  # the trajectory that lasts longest
         iio.imwrite(out / "strip.png", strip_image(real, fake, best, cfg.strip_columns))
         result["strip"] = str(out / "strip.png")
+        result["curves"] = str(plot_curves(result, out / "curves.png"))
     return result
+
+
+def plot_curves(result: dict, path: str | Path) -> Path:
+    """PNG of PSNR and SSIM per imagined step, with the copy-last-frame PSNR for scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.arange(1, len(result["psnr"]) + 1)
+    as_array = lambda xs: np.array([np.nan if x is None else x for x in xs], dtype=float)
+    fig, (ax_p, ax_s) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax_p.plot(steps, as_array(result["psnr"]), label="world model")
+    ax_p.plot(steps, as_array(result["copy_last_psnr"]), linestyle="--", color="gray", label="last frame repeated")
+    ax_p.set(xlabel="imagined step", ylabel="PSNR (dB)")
+    ax_p.legend(fontsize=8)
+    ax_s.plot(steps, as_array(result["ssim"]))
+    ax_s.set(xlabel="imagined step", ylabel="SSIM", ylim=(0, 1))
+    for ax in (ax_p, ax_s):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['game']}: world model vs real emulator ({result['contexts']} rollouts)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConfig = FidelityConfig(),
