@@ -49,3 +49,40 @@ def test_summary_and_labels():
     assert keymap.combo(0) == "no key"
     with pytest.raises(ValueError, match="unknown Atari action"):
         Keymap(("NOOP", "JUMP"))
+
+
+class FakePad:
+    """The part of pygame's Joystick API the player reads: a hat, the left stick and face buttons."""
+
+    def __init__(self, hat=(0, 0), axes=(0.0, 0.0), buttons=(0, 0, 0, 0)):
+        self.hat, self.axes, self.buttons = hat, axes, buttons
+
+    def get_numhats(self):
+        return 1
+
+    def get_hat(self, i):
+        return self.hat
+
+    def get_numaxes(self):
+        return len(self.axes)
+
+    def get_axis(self, i):
+        return self.axes[i]
+
+    def get_numbuttons(self):
+        return len(self.buttons)
+
+    def get_button(self, i):
+        return self.buttons[i]
+
+
+def test_gamepad_hat_stick_and_buttons():
+    from app.player.keymap import buttons_from_gamepad
+
+    seaquest = Keymap(meanings_of("Seaquest"))
+    assert buttons_from_gamepad(FakePad()) == set()
+    assert buttons_from_gamepad(FakePad(hat=(1, 1))) == {"RIGHT", "UP"}
+    assert buttons_from_gamepad(FakePad(axes=(-0.9, 0.8))) == {"LEFT", "DOWN"}  # stick: +y is down
+    assert buttons_from_gamepad(FakePad(axes=(0.2, -0.3))) == set()  # inside the dead zone
+    held = buttons_from_gamepad(FakePad(hat=(0, 1), buttons=(0, 1, 0, 0)))
+    assert seaquest.meanings[seaquest.action(held)] == "UPFIRE"

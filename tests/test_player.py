@@ -162,13 +162,13 @@ def test_window_plays_each_mode_with_scripted_keys(agent, mode, tmp_path):
         (("steps", 6), press(pygame.K_h)),
         (("frames", 5), press(pygame.K_F1)),
         (("steps", 4), press(pygame.K_c)),  # agent -> random
-        (("frames", 100), press(pygame.K_ESCAPE)),
+        (("frames", 250), press(pygame.K_ESCAPE)),
     )
     s = session(agent, mode, "human")
     player = Player(s, WindowOptions(fps=50, ui_hz=200, size=128, out_dir=tmp_path, max_frames=5000,
                                      on_frame=script)).run()
     assert script.done and not player.running
-    assert player.frames >= 150 and player.steps >= 30
+    assert player.frames >= 250 and player.steps >= 30
     actions = {a for _, c, a, *_ in script.log if c == "human"}
     assert {"RIGHT", "LEFT", "FIRE"} <= actions  # arrows, WASD and space all reach the game
     controllers = [c for _, c, *_ in script.log]

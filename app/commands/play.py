@@ -38,7 +38,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                    help="world-model precision (default float32; bfloat16 is faster on GPUs)")
-    p.add_argument("--size", type=int, default=512, metavar="PX", help="size of a game panel in pixels (default 512)")
+    p.add_argument("--sample-rew-end", action="store_true",
+                   help="sample the dream's reward and end as in training (and the reference's player) "
+                        "instead of taking the most likely values (default)")
+    p.add_argument("--size", type=int, default=512, metavar="PX", help="size of a game panel in pixels, rounded down to a multiple of 64 (default 512)")
     p.add_argument("--seed", type=int, default=None, help="seed of the emulator and the samplers")
     p.add_argument("--headless", action="store_true", help="no window: play --steps steps (agent or random)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="with --headless: agent steps to play")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     session = build_session(
         game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=args.device,
         denoising_steps=args.denoising_steps, horizon=args.horizon, precision=args.precision, seed=args.seed,
+        sample_rew_end=args.sample_rew_end,
     )
     try:
         if args.headless:

@@ -95,6 +95,14 @@ class Hud:
         surf = pygame.surfarray.make_surface(np.ascontiguousarray(frame.swapaxes(0, 1)))
         return pygame.transform.scale(surf, (width, height))
 
+    def blit_frame(self, surface: pygame.Surface, frame: np.ndarray, x: int, y: int) -> None:
+        """Draws a frame in the size x size panel at (x, y): square frames (64x64) fill it, others (the
+        210x160 original) keep their aspect ratio, centred."""
+        h, w = frame.shape[:2]
+        scale = self.size / max(h, w)
+        fw, fh = round(w * scale), round(h * scale)
+        surface.blit(self.frame_surface(frame, fw, fh), (x + (self.size - fw) // 2, y + (self.size - fh) // 2))
+
     def draw(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
         surface.fill(BG)
         width = surface.get_width()
@@ -105,7 +113,7 @@ class Hud:
         x0 = (width - (n * self.size + (n - 1) * GAP)) // 2
         for i, (title, frame) in enumerate(panels):
             x = x0 + i * (self.size + GAP)
-            surface.blit(self.frame_surface(frame, self.size, self.size), (x, HEADER_H))
+            self.blit_frame(surface, frame, x, HEADER_H)
             label = self._text(f" {title.upper()} ", BG, self.small)
             pygame.draw.rect(surface, ACCENT if title == "dream" else GREEN, (x, HEADER_H - 17, label.get_width(), 16))
             surface.blit(label, (x, HEADER_H - 15))

@@ -64,7 +64,8 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
                   controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
-                  horizon: int = 0, precision: str = "float32", seed: int | None = None, agent=None) -> Session:
+                  horizon: int = 0, precision: str = "float32", seed: int | None = None, agent=None,
+                  sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
     Without weights (none given and none found offline), real mode with a human or random player still
@@ -88,7 +89,8 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
             agent = agent.to(dev).eval()
             gen = torch.Generator(dev)
             gen.manual_seed(seed if seed is not None else torch.seed())
-            dream = DreamSource(agent, denoising_steps=denoising_steps, precision=precision, generator=gen)
+            dream = DreamSource(agent, denoising_steps=denoising_steps, precision=precision, generator=gen,
+                                sample_rew_end=sample_rew_end)
             policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()))
         return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed)
     except BaseException:

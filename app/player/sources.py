@@ -95,11 +95,18 @@ def tensor_to_frame(x: torch.Tensor) -> np.ndarray:
 
 
 class DreamSource:
-    """The world model as a game: one imagined environment driven by `model.world_model_env.WorldModelEnv`."""
+    """The world model as a game: one imagined environment driven by `model.world_model_env.WorldModelEnv`.
+
+    Reward and end are the model's most likely values (sample_rew_end=False, the default for play), not
+    samples as in training and in the reference's player, where a small chance of "end" at every step
+    ended games at random and spurious +1/-1 rewards appeared; sample_rew_end=True samples them.
+    """
 
     def __init__(self, agent, denoising_steps: int | None = None, precision: str = "float32",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, sample_rew_end: bool = False):
         from model.world_model_env import WorldModelEnv
+
+        self.sample_rew_end = sample_rew_end
 
         self.wm = WorldModelEnv(agent, generator=generator, precision=precision)
         self.device = self.wm.device
@@ -131,7 +138,10 @@ class DreamSource:
     def step(self, act: int) -> tuple[np.ndarray, float, bool]:
         """-> (imagined next frame (H, W, 3) uint8, reward in {-1, 0, 1}, end) and records the latency."""
         t0 = time.perf_counter()
-        next_obs, rew, end, _ = self.wm.step(torch.tensor([act], dtype=torch.long, device=self.device))
+        next_obs, rew, end, info = self.wm.step(torch.tensor([act], dtype=torch.long, device=self.device))
+        if not self.sample_rew_end:
+            rew = info["rew_logits"].argmax(-1).float() - 1.0  # classes: -1, 0, +1
+            end = info["end_logits"].argmax(-1)
         self.obs = tensor_to_frame(next_obs[0])
         self.latency_ms = (time.perf_counter() - t0) * 1000
         return self.obs, float(rew[0]), bool(end[0])
