@@ -314,3 +314,22 @@ def test_replay_browses_recorded_episodes(weights_file, tmp_path):
     assert positions[7] == (0, 20)  # the frame after the last step
     assert positions[9] == (0, 0)
     assert replay.lines()[0][0] == "Episode"
+
+
+def test_window_holds_the_target_rate(agent):
+    # the real emulator is much faster than 20 steps/s: the loop must pace it, not race
+    s = session(agent, "real", "random")
+    rates = []
+
+    def on_frame(i, player):
+        if player.steps >= 20:
+            rates.append(player.status.fps_reached)
+
+    import time
+    t0 = time.monotonic()
+    player = Player(s, WindowOptions(fps=20, size=64, max_steps=60, on_frame=on_frame)).run()
+    elapsed = time.monotonic() - t0
+    assert player.steps == 60
+    assert 0.7 * 20 <= 60 / elapsed <= 1.15 * 20
+    assert 0.7 * 20 <= rates[-1] <= 1.2 * 20  # and the HUD shows the rate reached
+    s.close()

@@ -9,7 +9,9 @@ DESCRIPTION = """\
 Play an Atari game inside the learned world model (imagine), in the real emulator (real), or both
 side by side with the same actions (compare). You or the agent play; switch at any moment.
 
-keys: arrows/WASD move, Space fires; h or F1 shows every key. Esc quits.
+keys: arrows/WASD move, Space fires (hold several for diagonals); h or F1 shows every key; Esc quits.
+      p pause, n single step, r reset, m mode, Tab controller, y re-sync the dream with the real game,
+      [ ] imagination horizon, - = denoising steps, x screenshot, v record (mp4 + episodes), o 210x160 frame.
 
 examples:
   dreamarcade play --game Breakout                          (imagine mode, you play)
@@ -77,6 +79,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.replay is not None:
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         from app.player.replay import run_replay
 
         meanings = None
@@ -97,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
 
     from app.player.launch import build_session
 
+    if not args.headless:
+        from app.player.player import check_display
+
+        check_display()  # before loading weights, which may take a while
     session = build_session(
         game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=args.device,
         denoising_steps=args.denoising_steps, horizon=args.horizon, precision=args.precision, seed=args.seed,

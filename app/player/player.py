@@ -41,8 +41,8 @@ class WindowOptions:
     ui_hz: float = 60.0
 
 
-def open_display(size: tuple[int, int]) -> pygame.Surface:
-    """Opens the window; raises ValueError with a --headless hint when there is no display."""
+def check_display() -> None:
+    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
     try:
         pygame.display.init()
     except pygame.error as e:
@@ -51,6 +51,11 @@ def open_display(size: tuple[int, int]) -> pygame.Surface:
     if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER") != driver:
         pygame.display.quit()  # SDL fell back to an invisible window: nobody would see it
         raise ValueError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
+
+
+def open_display(size: tuple[int, int]) -> pygame.Surface:
+    """Opens the window; raises ValueError with a --headless hint when there is no display."""
+    check_display()
     try:
         return pygame.display.set_mode(size)
     except pygame.error as e:
