@@ -140,13 +140,14 @@ def test_no_network_and_no_cache_fails_fast_and_says_what_to_do(server, tmp_path
 def test_diamond_sources_on_the_server(server, diamond_files, tmp_path):
     inside = f"hf://{DIAMOND_REPO}/{diamond_filename('Breakout')}@{DIAMOND_REVISION}"
     corrupt, missing, any_repo = load(user_env(tmp_path / "hf", server.url),
-                                      ("diamond", "Pong"), ("diamond", "Asterix"), (inside, "Breakout"))
+                                      ("diamond", "Pong"), ("diamond", "Asterix"), (inside, None))
     assert corrupt["error"] == "ValueError"  # the file on the server is cut short
     assert f"hf://{DIAMOND_REPO}/{diamond_filename('Pong')}" in corrupt["message"]
     assert "truncated or corrupt" in corrupt["message"] and "download again" in corrupt["message"]
     assert missing["error"] == "FileNotFoundError"
     assert "has no file 'atari_100k/models/Asterix.pt'" in missing["message"]
     assert any_repo["num_actions"] == 4 and any_repo["hash"] == diamond_files[1]
+    assert any_repo["info"]["game"] == "Breakout"  # from DIAMOND's file layout
 
 
 @pytest.fixture
