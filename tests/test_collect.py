@@ -143,3 +143,19 @@ def test_episode_counts_are_shared_between_envs_so_short_games_are_not_favoured(
     stats = Collector(VecSource(ShortOrLong, 2, train=False), store, seed=0).collect(RandomPolicy(2, seed=0),
                                                                                      num_episodes=4)
     assert sorted(stats.lengths) == sorted(store.lengths.tolist()) == [2, 2, 8, 8]
+
+
+def test_unfinished_episodes_can_be_stored_and_grow(tmp_path):
+    source = VecSource("Pong", 1, train=True)  # no lives: one long episode
+    store = EpisodeStore(tmp_path)
+    collector = Collector(source, store, seed=0, store_partial=True)
+    policy = RandomPolicy(source.num_actions, seed=0)
+    collector.collect(policy, num_steps=50)
+    assert store.lengths.tolist() == [50] and store[0].end.sum() == 0
+    first = store[0]
+    collector.collect(policy, num_steps=50)
+    assert store.lengths.tolist() == [100]
+    again = EpisodeStore(tmp_path)[0]  # rewritten on disk, the first 50 steps unchanged
+    np.testing.assert_array_equal(again.obs[:50], first.obs)
+    np.testing.assert_array_equal(again.obs[50], first.final_obs)
+    collector.close()

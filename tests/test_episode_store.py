@@ -136,3 +136,13 @@ def test_a_folder_of_episodes_loads_as_a_static_dataset(tmp_path):
         data.add(make_episode(2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         EpisodeStore(tmp_path / "missing", static=True)
+
+
+def test_an_unfinished_episode_can_only_grow(tmp_path):
+    store = EpisodeStore(tmp_path)
+    idx = store.add(make_episode(6, seed=1))
+    store.replace(idx, make_episode(9, seed=2))
+    assert EpisodeStore(tmp_path).lengths.tolist() == [9]
+    assert_same(EpisodeStore(tmp_path)[0], make_episode(9, seed=2))
+    with pytest.raises(ValueError, match="can only grow"):
+        store.replace(idx, make_episode(3))

@@ -153,10 +153,15 @@ class Collector:
     num_episodes % N envs) and keeps only those, so that short games are not favoured.
     """
 
-    def __init__(self, source: VecSource, store: EpisodeStore | None, seed: int | None = None):
+    def __init__(self, source: VecSource, store: EpisodeStore | None, seed: int | None = None,
+                 store_partial: bool = False):
+        """store_partial: at the end of each `collect(num_steps=...)`, also store every unfinished episode
+        (its final_obs = the current frame), rewriting it as it grows, so the sampler sees the newest steps
+        (the reference does this for the training env). Otherwise only completed episodes are stored."""
         self.source = source
         self.store = store
         self.seed = seed
+        self.store_partial = store_partial
         self.obs: np.ndarray | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="episode-writer")
         self._pending: list[Future] = []
@@ -167,6 +172,7 @@ class Collector:
         self.obs = self.source.reset(seed=self.seed)
         self.seed = None if self.seed is None else self.seed + n  # the next reset plays other games
         self._bufs = [_Buffer() for _ in range(n)]
+        self._partial: list[int | None] = [None] * n  # store index of each env's unfinished episode
         self._first = np.ones(n, dtype=bool)
         self._resetting = np.zeros(n, dtype=bool)
 
@@ -205,7 +211,10 @@ class Collector:
                     quota[i] -= 1
                 returns.append(ep.ret)
                 lengths.append(len(ep))
-                if self.store is not None:
+                if self.store is not None and self._partial[i] is not None:
+                    self._pending.append(self._writer.submit(self.store.replace, self._partial[i], ep))
+                    self._partial[i] = None
+                elif self.store is not None:
                     self._pending.append(self._writer.submit(self.store.add, ep))
             steps += int(real.sum())
             self._first = (done & ~over) | self._resetting
@@ -213,6 +222,14 @@ class Collector:
             obs = next_obs
         self.obs = obs
         self.flush()
+        if self.store_partial and self.store is not None and quota is None:
+            for i, b in enumerate(bufs):
+                if b.act:
+                    ep = _to_episode(b, obs[i])
+                    if self._partial[i] is None:
+                        self._partial[i] = self.store.add(ep)
+                    else:
+                        self.store.replace(self._partial[i], ep)
         return CollectStats(steps, len(returns), returns, lengths, time.perf_counter() - t0)
 
     def flush(self) -> None:

@@ -256,6 +256,18 @@ class EpisodeStore:
         save_episode(ep, path)
         return self._register(path, len(ep), ep)
 
+    def replace(self, idx: int, ep: Episode) -> None:
+        """Atomically rewrites episode `idx` with a longer version of itself (the collector's unfinished
+        episode, stored at the end of each collection call as the reference does)."""
+        if self.static:
+            raise ValueError(f"{self.path} is a static dataset: episodes cannot be changed")
+        validate(ep)
+        if len(ep) < self._lengths[idx]:
+            raise ValueError(f"episode {idx} can only grow ({self._lengths[idx]} -> {len(ep)} steps)")
+        save_episode(ep, self._files[idx])
+        self._lengths[idx] = len(ep)
+        self._cache[idx] = ep
+
     def returns(self) -> np.ndarray:
         """(num_episodes,) raw returns (loads every episode)."""
         return np.array([ep.ret for ep in self], dtype=np.float64)
