@@ -205,6 +205,23 @@ def test_corrupt_weights_in_a_dreamarcade_repository(server, run_dir, tmp_path):
     assert nothing["error"] == "FileNotFoundError" and "no repository bob/nothing-here" in nothing["message"]
 
 
+def test_model_card_says_what_the_run_has(run_dir):
+    from weights.push import collect_facts, find_run_weights, model_card
+
+    run, _ = run_dir
+    facts = collect_facts(run, find_run_weights(run))
+    card = model_card("alice/breakout-tiny", facts)
+    assert card.startswith("---\nlibrary_name: dreamarcade\n")
+    for text in ("# dreamarcade agent: Breakout", "| actions | 4 |", "| epochs | 2 |", "| preset | tiny |",
+                 "| mean | 12.5 |", "| psnr_db.step_1 | 31.2 |", "](preview.gif)",
+                 "dreamarcade play --game Breakout --weights hf://alice/breakout-tiny"):
+        assert text in card, text
+    for name in ("eval.json", "fidelity.json", "preview.gif"):
+        (run / name).unlink()
+    bare = model_card("alice/x", collect_facts(run, find_run_weights(run)))
+    assert "## Scores" not in bare and "preview.gif" not in bare and "| game | Breakout |" in bare
+
+
 @pytest.mark.parametrize("text, repo, path, revision", [
     ("hf://alice/run", "alice/run", None, None),
     ("hf://alice/run@v1", "alice/run", None, "v1"),

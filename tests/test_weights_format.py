@@ -32,6 +32,8 @@ def test_round_trip_gives_equal_tensors_and_config(agent, tmp_path):
     assert _equal_states(agent, loaded)
     assert not loaded.training
     assert loaded.weights_info["game"] == "Breakout" and loaded.weights_info["epochs"] == 3
+    # a training run directory holds its weights in weights/
+    assert _equal_states(agent, load_agent(save_agent(agent, tmp_path / "train" / "weights").parent.parent))
     # the same through the file path, and a file name of one's own
     other = save_agent(agent, tmp_path / "mine.safetensors")
     assert _equal_states(agent, load_agent(other))

@@ -35,9 +35,9 @@ def weights_file(path: str | os.PathLike) -> Path:
     """The safetensors file of a weights directory or file path (no existence check for files)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        candidate = path / WEIGHTS_FILENAME
-        if candidate.is_file():
-            return candidate
+        for candidate in (path / WEIGHTS_FILENAME, path / "weights" / WEIGHTS_FILENAME):  # a dir, or a run dir
+            if candidate.is_file():
+                return candidate
         found = sorted(path.glob("*.safetensors"))
         if len(found) == 1:
             return found[0]

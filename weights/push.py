@@ -34,11 +34,13 @@ def find_run_weights(run_dir: Path) -> Path:
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
-             revision: str | None = None, commit_message: str | None = None) -> str:
+             revision: str | None = None, commit_message: str | None = None, scores: str | None = None,
+             fidelity: str | None = None, preview: str | None = None) -> str:
     """Upload a run's weights, config, model card and preview GIF to Hub repo `repo_id` (created if
     needed; `private` only applies to a new repository). `token` defaults to huggingface_hub's
-    (HF_TOKEN or `hf auth login`). Returns the URL of the commit. Play it with
-    `dreamarcade play --weights hf://{repo_id}`.
+    (HF_TOKEN or `hf auth login`). `scores`/`fidelity` (JSON from `dreamarcade eval`) and `preview`
+    (a GIF) override the files found in the run directory. Returns the URL of the commit. Play it
+    with `dreamarcade play --weights hf://{repo_id}`.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -53,6 +55,15 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
     weights = find_run_weights(run_dir)
     load_agent_file(weights)  # refuse to publish weights that would not load
     facts = collect_facts(run_dir, weights)
+    for key, given in (("scores", scores), ("fidelity", fidelity)):
+        if given is not None:
+            facts[key] = _read_json(Path(given).expanduser())
+            if facts[key] is None:
+                raise ValueError(f"{given}: not a readable JSON object (expected `dreamarcade eval --json` output)")
+    if preview is not None:
+        facts["preview"] = Path(preview).expanduser()
+        if not facts["preview"].is_file():
+            raise FileNotFoundError(f"{preview}: no such preview GIF")
     with tempfile.TemporaryDirectory(prefix="dreamarcade-push-") as tmp:
         stage = Path(tmp)
         shutil.copyfile(weights, stage / WEIGHTS_FILENAME)
@@ -118,7 +129,7 @@ def model_card(repo_id: str, facts: dict) -> str:
               "## Details", "", "| | |", "|---|---|", f"| game | {game} |", f"| actions | {facts['num_actions']} |"]
     for key, value in sorted(facts.get("steps", {}).items()):
         lines.append(f"| {key.replace('_', ' ')} | {_fmt(value)} |")
-    for key in ("preset", "source"):
+    for key in ("preset", "preset_model", "source"):
         if key in facts["info"]:
             lines.append(f"| {key} | {_fmt(facts['info'][key])} |")
     lines.append("")

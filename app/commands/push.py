@@ -24,14 +24,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--token", default=None, help="Hub token with write access (default: huggingface_hub's)")
     p.add_argument("--revision", default=None, help="branch to push to (default main)")
     p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--scores", metavar="JSON", default=None,
+                   help="scores for the model card (`dreamarcade eval --json` output; default RUN_DIR/eval.json)")
+    p.add_argument("--fidelity", metavar="JSON", default=None,
+                   help="fidelity for the model card (default RUN_DIR/fidelity.json or RUN_DIR/fidelity/fidelity.json)")
+    p.add_argument("--preview", metavar="GIF", default=None, help="preview animation (default RUN_DIR/preview.gif)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from weights import push_run
 
-    url = push_run(args.run_dir, args.repo_id, private=args.private, token=args.token,
-                   revision=args.revision, commit_message=args.message)
+    url = push_run(args.run_dir, args.repo_id, private=args.private, token=args.token, revision=args.revision,
+                   commit_message=args.message, scores=args.scores, fidelity=args.fidelity, preview=args.preview)
     print(f"pushed {args.run_dir} to hf://{args.repo_id} ({url})")
     print(f"play it: dreamarcade play --weights hf://{args.repo_id}")
     return 0
