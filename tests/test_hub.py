@@ -181,6 +181,9 @@ def test_push_a_run_then_play_it_from_the_hub(server, run_dir, tmp_path):
     assert pinned["hash"] == expected
     played = cli(env, "play", "--weights", "hf://alice/breakout-tiny", "--headless", "--steps", "2")
     assert played.returncode == 0, played.stderr[-2000:]
+    server.stop()  # offline, the cached copy of the branch's latest commit is used
+    (offline,) = load(env, ("hf://alice/breakout-tiny", None))
+    assert offline["hash"] == expected
 
 
 def test_private_repository_needs_the_token(server, run_dir, tmp_path):
