@@ -96,8 +96,6 @@ def test_imagine_starts_from_a_real_reset_and_respects_the_horizon(agent):
 
 
 def test_real_mode_without_weights_has_no_agent():
-    s = build_session(game=GAME, mode="real", controller="human", agent=None, seed=0,
-                      weights=None) if False else None  # loading weights would need the network
     from app.player.session import Session
     from app.player.sources import RealSource
 

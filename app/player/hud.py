@@ -45,7 +45,7 @@ CONTROLS = (
 class Status:
     """What the loop knows that the session does not."""
 
-    fps_target: float
+    fps_target: float | None  # None: no target (headless runs as fast as it can)
     fps_reached: float = 0.0
     paused: bool = False
     recording: bool = False
@@ -124,15 +124,20 @@ class Hud:
 
     def _header(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
         horizon = "unlimited" if snap.horizon == 0 else str(snap.horizon)
-        fps_color = GREEN if status.fps_reached >= 0.9 * status.fps_target else ACCENT
+        if status.fps_target is None:  # headless: as fast as it goes
+            fps_text, fps_color = f"{status.fps_reached:.1f}", FG
+        else:
+            fps_text = f"{status.fps_reached:.1f} / {status.fps_target:g}"
+            fps_color = GREEN if status.fps_reached >= 0.9 * status.fps_target else ACCENT
+        denoise = f"{snap.denoising_steps} steps" if snap.denoising_steps and snap.mode != "real" else "-"
         cols = [
             [("Game", snap.game, FG), ("Mode", snap.mode, ACCENT), ("Control", snap.controller, FG),
              ("Step", str(snap.t), FG)],
             [("Reward", _fmt(snap.rew, "+g"), FG), ("Return", _fmt(snap.ret, "g"), FG),
              ("Action", snap.action_name, FG), ("Value", _fmt(snap.value, ".2f"), FG)],
-            [("FPS", f"{status.fps_reached:.1f} / {status.fps_target:g}", fps_color),
+            [("FPS", fps_text, fps_color),
              ("Model", _fmt(snap.latency_ms, ".0f") + (" ms" if snap.latency_ms is not None else ""), FG),
-             ("Denoise", _fmt(snap.denoising_steps, "d") + " steps" if snap.denoising_steps else "-", FG),
+             ("Denoise", denoise, FG),
              ("Entropy", _fmt(snap.entropy_bits, ".2f") + (" bits" if snap.entropy_bits is not None else ""), FG)],
             [("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG),
              ("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG)],

@@ -17,7 +17,7 @@ from typing import Callable
 import pygame
 
 from app.player.hud import Hud, Status
-from app.player.keymap import BUTTON_KEYS, Keymap, buttons_from_gamepad, buttons_from_keys
+from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array, timestamp
 from app.player.session import CONTROLLERS, MODES, Session, Snapshot
 from app.player.worker import SessionWorker
@@ -41,8 +41,7 @@ class WindowOptions:
     ui_hz: float = 60.0
 
 
-def check_display() -> None:
-    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
+def _init_display() -> None:
     try:
         pygame.display.init()
     except pygame.error as e:
@@ -53,9 +52,15 @@ def check_display() -> None:
         raise ValueError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
 
 
+def check_display() -> None:
+    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
+    _init_display()
+    pygame.display.quit()
+
+
 def open_display(size: tuple[int, int]) -> pygame.Surface:
     """Opens the window; raises ValueError with a --headless hint when there is no display."""
-    check_display()
+    _init_display()
     try:
         return pygame.display.set_mode(size)
     except pygame.error as e:
