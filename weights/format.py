@@ -86,10 +86,24 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, file)
+        _fsync_dir(file.parent)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return file
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on every platform (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
