@@ -5,13 +5,13 @@ and no automatic reset here.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from model.fast import FastAgent
 from model.sampler import SamplerConfig, karras_sigmas, sample_next_obs
 
 PRECISIONS = ("float32", "bfloat16")
@@ -25,7 +25,8 @@ class WorldModelEnv:
 
     agent: a `model.Agent` (its `denoiser` and `rew_end` are used). sampler: the diffusion sampler's settings.
     generator: a torch.Generator on the agent's device for all randomness (start noise, churn, rew/end sampling).
-    precision: "float32" (the reference's numbers) or "bfloat16" (autocast; faster where the hardware has it).
+    precision: "float32" (the reference's numbers) or "bfloat16" (`model.fast`: channels-last bfloat16 weights and
+    no repeated work across denoising steps; faster where the hardware has bfloat16, see `model.fast.default_precision`).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class WorldModelEnv:
         if value not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         self._precision = value
+        self._fast = None if value == "float32" else FastAgent(self.agent, torch.bfloat16)
 
     @property
     def device(self) -> torch.device:
@@ -122,11 +124,10 @@ class WorldModelEnv:
         """
         self._check_reset()
         self.act_buffer[:, -1] = act.to(self.device)  # as the reference: overwrites the last context action
-        with self._autocast():
-            next_obs = self._sample_next_obs(noise)
-            rew_logits, end_logits, self.rew_end_state = self.agent.rew_end(
-                self.obs_buffer[:, -1:], self.act_buffer[:, -1:], next_obs.unsqueeze(1), self.rew_end_state
-            )
+        next_obs = self._sample_next_obs(noise)
+        rew_logits, end_logits, self.rew_end_state = self._rew_end(
+            self.obs_buffer[:, -1:], self.act_buffer[:, -1:], next_obs.unsqueeze(1), self.rew_end_state
+        )
         rew_logits, end_logits = rew_logits[:, 0].float(), end_logits[:, 0].float()
         rew = self._sample(rew_logits).float() - 1.0
         end = self._sample(end_logits)
@@ -137,27 +138,28 @@ class WorldModelEnv:
 
     # internals
 
+    @property
+    def _rew_end(self):
+        return self.agent.rew_end if self._fast is None else self._fast.rew_end
+
     def _sample_next_obs(self, noise: Tensor | None) -> Tensor:
         s = self._sampler
+        denoiser = self.agent.denoiser
+        if self._fast is not None:  # the frame's conditioning computed once for all its denoising steps
+            denoiser = self._fast.denoiser.context(self.obs_buffer, self.act_buffer, self._sigmas)
         return sample_next_obs(
-            self.agent.denoiser, self.obs_buffer, self.act_buffer, self._sigmas, noise=noise,
+            denoiser, self.obs_buffer, self.act_buffer, self._sigmas, noise=noise,
             generator=self.generator, order=s.order, s_churn=s.s_churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax,
             s_noise=s.s_noise,
         ).float()
 
     def _burn_in(self, obs_ctx: Tensor, act_ctx: Tensor) -> tuple[Tensor, Tensor]:
         """The rew/end LSTM state after the n - 1 in-context transitions, as the reference."""
-        with self._autocast():
-            *_, (h, c) = self.agent.rew_end(obs_ctx[:, :-1], act_ctx[:, :-1], obs_ctx[:, 1:])
+        *_, (h, c) = self._rew_end(obs_ctx[:, :-1], act_ctx[:, :-1], obs_ctx[:, 1:])
         return h.float(), c.float()
 
     def _sample(self, logits: Tensor) -> Tensor:
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=self.generator).squeeze(1)
-
-    def _autocast(self):
-        if self._precision == "float32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _check_context(self, obs_ctx: Tensor, act_ctx: Tensor) -> tuple[Tensor, Tensor]:
         n = self.agent.denoiser.cfg.num_steps_conditioning

@@ -1,0 +1,256 @@
+"""The fast inference path of the world model and the actor: channels-last, bfloat16 weights where the hardware
+has them, and no repeated work across the denoising steps of one frame.
+
+Same networks, same number of steps: only how the work is done changes.
+- Weights are converted once (to `dtype`, 4-D ones channels-last) and converted again only when the source
+  module's parameters change (an optimizer step, `load_state_dict`, a move to another device).
+- Across the NFEs of one frame the conditioning frames and actions are the same: the conditioning frames' part
+  of `conv_in` and every AdaGroupNorm's scale and shift (for all the sigmas of the schedule, in one matmul) are
+  computed once per frame (`FastDenoiser.context`).
+- The noisy frame, the preconditioners and the 8-bit quantisation of D stay in float32.
+
+`WorldModelEnv(precision="bfloat16")` uses this path; `precision="float32"` keeps the exact module path.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.blocks import AdaGroupNorm, Downsample, GroupNorm, ResBlock, ResBlocks, SelfAttention2d
+from model.pixels import quantize
+
+CL = torch.channels_last
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """True where bfloat16 matmuls/convs run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def default_precision(device: torch.device | str) -> str:
+    """The world-model precision `play` should use on device: "bfloat16" where it is native, else "float32"."""
+    return "bfloat16" if bf16_supported(device) else "float32"
+
+
+def _fingerprint(module: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is modified in place, replaced or moved."""
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in (*module.parameters(), *module.buffers()))
+
+
+class ConvertedCopy:
+    """A copy of module in dtype and channels-last, for inference, re-made when the source changes."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        self.source, self.dtype = module, dtype
+        self._copy: nn.Module | None = None
+        self._key: tuple | None = None
+
+    def get(self) -> nn.Module:
+        key = _fingerprint(self.source)
+        if key != self._key:
+            m = copy.deepcopy(self.source).to(dtype=self.dtype).to(memory_format=CL).eval()
+            self._copy = m.requires_grad_(False)
+            self._key = key
+        return self._copy
+
+
+class FastActorCritic:
+    """`agent.actor_critic` for acting (no gradient): obs (B, 3, H, W), state (h, c) float32 or None
+    -> (logits (B, A), value (B,), state), all float32."""
+
+    def __init__(self, actor_critic: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.module = ConvertedCopy(actor_critic, dtype)
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        m = self.module.get()
+        if state is not None:
+            state = tuple(s.to(self.dtype) for s in state)
+        logits, value, (h, c) = m(obs.to(self.dtype).contiguous(memory_format=CL), state)
+        return logits.float(), value.float(), (h.float(), c.float())
+
+
+class FastRewEnd:
+    """`agent.rew_end` for imagination (no gradient), same signature; outputs and state in float32."""
+
+    def __init__(self, rew_end: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.module = ConvertedCopy(rew_end, dtype)
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor, act: Tensor, next_obs: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        m = self.module.get()
+        if state is not None:
+            state = tuple(s.to(self.dtype) for s in state)
+        rew, end, (h, c) = m(obs.to(self.dtype), act, next_obs.to(self.dtype), state)
+        return rew.float(), end.float(), (h.float(), c.float())
+
+
+class FastDenoiser:
+    """The denoiser's network evaluated in dtype and channels-last, with the per-frame work done once.
+
+    `context(obs, act, sigmas)` returns an object with the `denoise(x, sigma, obs, act)` of `model.Denoiser`
+    (what `model.sampler.sample_next_obs` calls) for that obs/act and any sigma of the schedule.
+    """
+
+    def __init__(self, denoiser: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.denoiser, self.dtype = denoiser, dtype
+        self._key: tuple | None = None
+
+    def _sync(self) -> None:
+        key = _fingerprint(self.denoiser)
+        if key != self._key:
+            self._convert()
+            self._key = key
+
+    def _convert(self) -> None:
+        inner, dt = self.denoiser.inner_model, self.dtype
+        self._w: dict[nn.Module, tuple] = {}
+        for m in inner.modules():
+            if isinstance(m, nn.Conv2d):
+                self._w[m] = (m.weight.detach().to(dt).contiguous(memory_format=CL), m.bias.detach().to(dt))
+            elif isinstance(m, nn.GroupNorm):
+                self._w[m] = (m.weight.detach().to(dt), m.bias.detach().to(dt))
+        n_obs = inner.conv_in.in_channels - self.denoiser.cfg.img_channels
+        w, b = self._w[inner.conv_in]
+        self._conv_in_obs = (w[:, :n_obs].contiguous(memory_format=CL), b)
+        self._conv_in_x = w[:, n_obs:].contiguous(memory_format=CL)
+        # every AdaGroupNorm's [scale | shift] linear stacked into one: one matmul per frame for all of them
+        adas = [m for m in inner.modules() if isinstance(m, AdaGroupNorm)]
+        self._ada_offset, off, ones = {}, 0, []
+        for m in adas:
+            self._ada_offset[m] = off
+            off += 2 * m.channels
+            ones.append(torch.cat((torch.ones(m.channels), torch.zeros(m.channels))))
+        self._ada_w = torch.cat([m.linear.weight.detach() for m in adas]).float()
+        self._ada_b = (torch.cat([m.linear.bias.detach() for m in adas]).float()
+                       + torch.cat(ones).to(self._ada_w.device))  # folds the "1 +" of x * (1 + scale)
+
+    @torch.no_grad()
+    def context(self, obs: Tensor, act: Tensor, sigmas: Tensor) -> "DenoiserContext":
+        """obs (B, n, 3, H, W) or (B, n*3, H, W) in [-1, 1], act (B, n), sigmas: the schedule (`karras_sigmas`)."""
+        self._sync()
+        return DenoiserContext(self, obs, act, sigmas)
+
+    # the network, functionally, on the converted weights
+
+    def conv(self, m: nn.Conv2d, x: Tensor) -> Tensor:
+        w, b = self._w[m]
+        return F.conv2d(x, w, b, m.stride, m.padding)
+
+    def group_norm(self, m: GroupNorm, x: Tensor) -> Tensor:
+        w, b = self._w[m.norm]
+        return F.group_norm(x, m.norm.num_groups, w, b, m.norm.eps)
+
+    def ada_norm(self, m: AdaGroupNorm, x: Tensor, ss: Tensor) -> Tensor:
+        """ss (B, S): this frame's stacked [1 + scale | shift] of every AdaGroupNorm, in dtype."""
+        off = self._ada_offset[m]
+        scale, shift = ss[:, off : off + m.channels], ss[:, off + m.channels : off + 2 * m.channels]
+        if x.shape[0] == 1:  # a per-sample affine is a per-channel one: let group_norm apply it
+            return F.group_norm(x, m.groups, scale[0], shift[0], 1e-5)
+        x = F.group_norm(x, m.groups, eps=1e-5)
+        return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+
+    def resblock(self, m: ResBlock, x: Tensor, ss: Tensor) -> Tensor:
+        r = x if isinstance(m.proj, nn.Identity) else self.conv(m.proj, x)
+        x = self.conv(m.conv1, F.silu(self.ada_norm(m.norm1, x, ss), inplace=True))
+        x = self.conv(m.conv2, F.silu(self.ada_norm(m.norm2, x, ss), inplace=True)).add_(r)
+        return x if isinstance(m.attn, nn.Identity) else self.attention(m.attn, x)
+
+    def attention(self, m: SelfAttention2d, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        x = self.group_norm(m.norm, x)
+        qkv = self.conv(m.qkv_proj, x).reshape(b, 3 * m.n_head, c // m.n_head, h * w).transpose(2, 3)
+        q, k, v = qkv.chunk(3, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(b, c, h, w)
+        return x + self.conv(m.out_proj, y.contiguous(memory_format=CL))
+
+    def resblocks(self, m: ResBlocks, x: Tensor, ss: Tensor, to_cat: list[Tensor] | None = None):
+        outputs = []
+        for i, block in enumerate(m.resblocks):
+            if to_cat is not None:
+                x = torch.cat((x, to_cat[i]), dim=1)
+            x = self.resblock(block, x, ss)
+            outputs.append(x)
+        return x, outputs
+
+    def unet(self, x: Tensor, ss: Tensor) -> Tensor:
+        u = self.denoiser.inner_model.unet
+        h, w = x.shape[-2:]
+        mult = 2**u.num_down
+        if -h % mult or -w % mult:
+            x = F.pad(x, (0, -w % mult, 0, -h % mult))
+        skips = []
+        for block, down in zip(u.d_blocks, u.downsamples):
+            x_down = self.conv(down.conv, x) if isinstance(down, Downsample) else x
+            x, outputs = self.resblocks(block, x_down, ss)
+            skips.append([x_down, *outputs])
+        x, _ = self.resblocks(u.mid_blocks, x, ss)
+        for block, up, level_skips in zip(u.u_blocks, u.upsamples, reversed(skips)):
+            if not isinstance(up, nn.Identity):
+                x = self.conv(up.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x, _ = self.resblocks(block, x, ss, level_skips[::-1])
+        return x[..., :h, :w]
+
+
+class DenoiserContext:
+    """One frame's precomputed conditioning; `denoise` as `model.Denoiser.denoise` (obs and act are ignored:
+    they are the ones given to `FastDenoiser.context`)."""
+
+    def __init__(self, fast: FastDenoiser, obs: Tensor, act: Tensor, sigmas: Tensor) -> None:
+        den, inner, dt = fast.denoiser, fast.denoiser.inner_model, fast.dtype
+        self.fast = fast
+        if obs.ndim == 5:
+            obs = obs.flatten(1, 2)
+        b = obs.shape[0]
+        obs = (obs / den.cfg.sigma_data).to(dt).contiguous(memory_format=CL)
+        w, bias = fast._conv_in_obs
+        self.obs_features = F.conv2d(obs, w, bias, padding=1)  # the conditioning frames' part of conv_in
+
+        levels = sigmas[sigmas > 0].to(device=obs.device, dtype=torch.float32)
+        self.sigma_index = {float(s): i for i, s in enumerate(levels.tolist())}
+        cs = den.conditioners(levels)
+        self.c_in, self.c_out, self.c_skip = cs.c_in, cs.c_out, cs.c_skip  # (N, 1, 1, 1)
+        # the conditioning vector of every (sigma, sample), then every AdaGroupNorm's [1 + scale | shift]
+        noise_emb = inner.noise_emb(cs.c_noise)  # (N, D)
+        act_emb = inner.act_emb(act.to(obs.device))  # (B, D)
+        cond = inner.cond_proj((noise_emb[:, None] + act_emb[None]).flatten(0, 1))  # (N * B, D)
+        ss = torch.addmm(fast._ada_b, cond, fast._ada_w.t())
+        self.ss = ss.to(dt).reshape(len(levels), b, -1)
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, sigma: Tensor | float, obs: Tensor | None = None, act: Tensor | None = None) -> Tensor:
+        """x (B, 3, H, W) float32 at noise level sigma (one of the schedule's) -> D (B, 3, H, W), quantised."""
+        s = float(sigma.reshape(-1)[0]) if isinstance(sigma, Tensor) else float(sigma)
+        if s not in self.sigma_index:
+            raise ValueError(f"sigma {s} is not in this context's schedule {list(self.sigma_index)}")
+        i = self.sigma_index[s]
+        fast, inner = self.fast, self.fast.denoiser.inner_model
+        h = (x * self.c_in[i]).to(fast.dtype).contiguous(memory_format=CL)
+        h = F.conv2d(h, fast._conv_in_x, None, padding=1).add_(self.obs_features)
+        h = fast.unet(h, self.ss[i])
+        h = F.silu(fast.group_norm(inner.norm_out, h), inplace=True)
+        out = fast.conv(inner.conv_out, h).float()
+        return quantize(self.c_skip[i] * x + self.c_out[i] * out)
+
+
+class FastAgent:
+    """The fast path of an agent's three networks for inference (`WorldModelEnv(precision="bfloat16")`):
+    `.denoiser` (FastDenoiser), `.rew_end` (FastRewEnd), `.actor_critic` (FastActorCritic)."""
+
+    def __init__(self, agent: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.dtype = dtype
+        self.denoiser = FastDenoiser(agent.denoiser, dtype)
+        self.rew_end = FastRewEnd(agent.rew_end, dtype)
+        self.actor_critic = FastActorCritic(agent.actor_critic, dtype)
