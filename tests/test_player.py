@@ -331,3 +331,12 @@ def test_window_holds_the_target_rate(agent):
     assert 0.7 * 20 <= 60 / elapsed <= 1.15 * 20
     assert 0.7 * 20 <= rates[-1] <= 1.2 * 20  # and the HUD shows the rate reached
     s.close()
+
+
+def test_the_toy_game_catch_plays_too():
+    s = build_session(game="catch", mode="imagine", controller="human", agent=Agent(tiny(3)).eval(), seed=0)
+    assert s.game == "Catch" and s.meanings == ("NOOP", "LEFT", "RIGHT")
+    assert s.step(2).action_name == "RIGHT"
+    s.set_mode("compare")
+    assert len(s.step(1).panels) == 2
+    s.close()
