@@ -66,7 +66,8 @@ def test_modes_and_controllers_switch_without_reset(agent):
     assert snap.t == 6 and [p[0] for p in snap.panels] == ["dream", "real"]
     np.testing.assert_array_equal(snap.panels[0][1], snap.panels[1][1])
     snap = s.step()
-    assert snap.psnr_db is not None and snap.latency_ms > 0 and len(snap.transitions) == 2
+    assert snap.psnr_db is not None and snap.psnr_mean_db == snap.psnr_db and snap.latency_ms > 0
+    assert len(snap.transitions) == 2
     snap = s.resync()
     np.testing.assert_array_equal(snap.panels[0][1], snap.panels[1][1])
     assert snap.since_sync == 0

@@ -140,7 +140,8 @@ class Hud:
              ("Denoise", denoise, FG),
              ("Entropy", _fmt(snap.entropy_bits, ".2f") + (" bits" if snap.entropy_bits is not None else ""), FG)],
             [("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG),
-             ("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG)],
+             ("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG),
+             ("Mean", _fmt(snap.psnr_mean_db, ".1f") + (" dB" if snap.psnr_mean_db is not None else ""), FG)],
         ]
         col_w = (surface.get_width() - 16) // len(cols)
         for c, rows in enumerate(cols):

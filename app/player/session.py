@@ -52,6 +52,7 @@ class Snapshot:
     entropy_bits: float | None
     latency_ms: float | None  # world-model step time
     psnr_db: float | None  # compare mode: imagined vs real frame
+    psnr_mean_db: float | None  # compare mode: mean PSNR over the steps since the last sync
     horizon: int  # 0: unlimited
     since_sync: int  # imagined steps since the model was seeded with real frames
     denoising_steps: int | None
@@ -87,6 +88,7 @@ class Session:
     _pending_reset: bool = False
 
     def __post_init__(self) -> None:
+        self._psnrs: list[float] = []
         self._rng = random.Random(self.seed)
         self._check(self.mode, self.controller)
         self.reset()
@@ -125,6 +127,7 @@ class Session:
         if self.policy is not None:
             self.policy.burn_in(obs_ctx[:-1])
         self.since_sync = 0
+        self._psnrs = []
 
     def resync(self) -> Snapshot:
         """Compare/imagine: re-seed the model from the real game's last frames (clears the drift)."""
@@ -205,6 +208,7 @@ class Session:
             else:
                 steps.append(Transition("imagine", before, act, dream_rew, dream_end, at_horizon, dream_obs))
                 self._last["psnr_db"] = psnr(dream_obs, self.real.obs)
+                self._psnrs.append(min(self._last["psnr_db"], 99.0))  # identical frames count as 99 dB
                 if at_horizon and not ended:
                     self._sync()
                     message, restarted = "horizon reached: model re-synced", frozenset({"imagine"})
@@ -239,6 +243,7 @@ class Session:
             entropy_bits=None if out is None else out.entropy_bits,
             latency_ms=self.dream.latency_ms if self.dream is not None and self.mode != "real" else None,
             psnr_db=self._last.get("psnr_db"),
+            psnr_mean_db=sum(self._psnrs) / len(self._psnrs) if self._psnrs and self.mode == "compare" else None,
             horizon=self.horizon,
             since_sync=self.since_sync,
             denoising_steps=self.denoising_steps,
