@@ -80,9 +80,10 @@ def test_modes_and_controllers_switch_without_reset(agent):
     s.close()
 
 
-def test_imagine_starts_from_a_real_reset_and_respects_the_horizon(agent):
-    s = session(agent, "imagine", "human", horizon=3, denoising_steps=1)
-    assert s.denoising_steps == 1
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_imagine_starts_from_a_real_reset_and_respects_the_horizon(agent, precision):
+    s = session(agent, "imagine", "human", horizon=3, denoising_steps=1, precision=precision)
+    assert s.denoising_steps == 1 and s.snapshot().precision == precision
     snaps = [s.step(1) for _ in range(8)]
     assert all(sn.panels[0][1].dtype == np.uint8 for sn in snaps)
     assert all(sn.since_sync <= 3 for sn in snaps)

@@ -38,8 +38,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="imagined steps before the dream restarts from real frames (compare: re-syncs); 0: never (default)")
     p.add_argument("--fps", type=float, default=15.0, help="agent steps per second (default 15, as the reference)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="world-model precision (default float32; bfloat16 is faster on GPUs)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="world model and agent precision: auto (default) is bfloat16 where the device runs it "
+                        "natively (recent CPUs, GPUs), else float32, the reference's exact numbers")
     p.add_argument("--sample-rew-end", action="store_true",
                    help="sample the dream's reward and end as in training (and the reference's player) "
                         "instead of taking the most likely values (default)")

@@ -130,6 +130,8 @@ class Hud:
             fps_text = f"{status.fps_reached:.1f} / {status.fps_target:g}"
             fps_color = GREEN if status.fps_reached >= 0.9 * status.fps_target else ACCENT
         denoise = f"{snap.denoising_steps} steps" if snap.denoising_steps and snap.mode != "real" else "-"
+        if denoise != "-" and snap.precision == "bfloat16":
+            denoise += ", bf16"
         cols = [
             [("Game", snap.game, FG), ("Mode", snap.mode, ACCENT), ("Control", snap.controller, FG),
              ("Step", str(snap.t), FG)],

@@ -68,15 +68,20 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
                   controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
-                  horizon: int = 0, precision: str = "float32", seed: int | None = None, agent=None,
+                  horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
+    precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
     Without weights (none given and none found offline), real mode with a human or random player still
     works: the agent controller and the dream are then unavailable.
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
+    if precision == "auto":
+        from model.fast import default_precision
+
+        precision = default_precision(dev)
     if agent is None:
         try:
             agent, game = load_weights(weights, game, dev)
@@ -95,7 +100,8 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
             gen.manual_seed(seed if seed is not None else torch.seed())
             dream = DreamSource(agent, denoising_steps=denoising_steps, precision=precision, generator=gen,
                                 sample_rew_end=sample_rew_end)
-            policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()))
+            policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()),
+                            precision=precision)
         return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed)
     except BaseException:
         real.close()

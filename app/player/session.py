@@ -56,6 +56,7 @@ class Snapshot:
     horizon: int  # 0: unlimited
     since_sync: int  # imagined steps since the model was seeded with real frames
     denoising_steps: int | None
+    precision: str | None  # of the world model: "float32" or "bfloat16"
     message: str = ""  # e.g. "game over: return 12"
     ended: bool = False
     original: np.ndarray | None = None  # full 210x160 real frame (real and compare modes)
@@ -247,6 +248,7 @@ class Session:
             horizon=self.horizon,
             since_sync=self.since_sync,
             denoising_steps=self.denoising_steps,
+            precision=None if self.dream is None else self.dream.precision,
             message=message,
             ended=ended,
             original=self.real.original if self.mode != "imagine" else None,

@@ -118,6 +118,10 @@ class DreamSource:
         self.latency_ms = 0.0
 
     @property
+    def precision(self) -> str:
+        return self.wm.precision
+
+    @property
     def denoising_steps(self) -> int:
         return int(self.wm.denoising_steps)
 
@@ -160,8 +164,13 @@ class PolicyOutput:
 class Policy:
     """The agent's actor-critic, its LSTM state carried across steps (reset with `reset`)."""
 
-    def __init__(self, agent, generator: torch.Generator | None = None):
-        self.actor_critic = agent.actor_critic
+    def __init__(self, agent, generator: torch.Generator | None = None, precision: str = "float32"):
+        if precision == "bfloat16":  # the same network, channels-last bfloat16 (model.fast)
+            from model.fast import FastActorCritic
+
+            self.actor_critic = FastActorCritic(agent.actor_critic, torch.bfloat16)
+        else:
+            self.actor_critic = agent.actor_critic
         self.device = agent.device
         self.generator = generator
         self.state = None
