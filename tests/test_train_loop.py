@@ -142,3 +142,25 @@ def test_checkpoint_is_atomic_and_validated(tmp_path):
     run.checkpoint_path.write_bytes(run.checkpoint_path.read_bytes()[:20])
     with pytest.raises(ValueError, match="checkpoint.pt"):
         run.load_checkpoint()
+
+
+def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
+    import dataclasses
+
+    import training.toy_env  # noqa: F401
+    from training.collect import Collector, RandomPolicy, VecSource
+    from training.episode_store import EpisodeStore
+    from training.loop import train
+
+    recordings = tmp_path / "recordings"
+    collector = Collector(VecSource("dreamarcade/Catch-v0", 2, train=True), EpisodeStore(recordings), seed=0)
+    collector.collect(RandomPolicy(3, seed=0), num_episodes=10)
+    collector.close()
+    cfg = dataclasses.replace(get_preset("tiny"), game="my-recordings", seed=0)
+    summary = train(cfg, tmp_path / "run", dataset=str(recordings), progress=False)
+    assert summary["finished"] and summary["updates"]["actor_critic"] == 0
+    assert summary["updates"]["denoiser"] == cfg.denoiser.steps_first_epoch + 2 * cfg.denoiser.steps_per_epoch
+    assert not (tmp_path / "run" / "store").exists()  # the user's folder is the data; nothing is collected
+    from weights import load_agent
+
+    assert load_agent(str(tmp_path / "run" / "weights")).num_actions == 3  # inferred from the recordings

@@ -28,25 +28,25 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
-        if s.counters.epoch == 0 and s.collector is not None:
-            s.initial_collection()
+        if s.counters.epoch == 0:
+            s.initial_collection() if s.dataset is None else s.start_static()
         s.counters = broadcast_object(s.counters, world)
         last_epoch = s.counters.num_epochs if max_epochs is None else min(max_epochs, s.counters.num_epochs)
         for epoch in range(s.counters.epoch + 1, last_epoch + 1):
             t0 = time.perf_counter()
-            metrics = {}
+            collected = {}
             if s.collector is not None and epoch <= s.counters.num_collect_epochs:
-                metrics |= s.collect(s.cfg.collect_steps_per_epoch)
+                collected = s.collect(s.cfg.collect_steps_per_epoch)
             barrier(world)
             s.store.refresh()  # other ranks: pick up the episodes rank 0 just wrote
-            first = epoch == 1
+            first, metrics = epoch == 1, {}
             metrics |= s.run_updates("denoiser", epoch, first, lambda: denoiser_update(
                 s.agent, s.samplers["denoiser"].sample().to(world.device), s.optims["denoiser"]))
             metrics |= s.run_updates("rew_end", epoch, first, lambda: rew_end_update(
                 s.agent, s.samplers["rew_end"].sample().to(world.device), s.optims["rew_end"]))
             if s.imagination is not None:
                 metrics |= s.run_updates("actor_critic", epoch, first, lambda: s.imagine_update(actor_critic_update))
-            metrics = all_reduce_mean(metrics, world)
+            metrics = collected | all_reduce_mean(metrics, world)
             if s.collector is not None and epoch % s.cfg.eval_every == 0:
                 metrics |= s.evaluate(s.cfg.eval_episodes, "test")
             s.counters.epoch = epoch

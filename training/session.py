@@ -152,6 +152,8 @@ class Session:
         are seen `initial_min_rare_rewards` times or `initial_steps_max` steps (diamond.md 4.1)."""
         from training.collect import RandomPolicy
 
+        if self.collector is None:  # ranks > 0: rank 0 collects, the counters are broadcast
+            return
         cfg = self.cfg
         policy = RandomPolicy(self.collector.source.num_actions, seed=cfg.seed)
         with tqdm(total=cfg.initial_steps_min, desc="initial collection", disable=not self.progress) as bar:
@@ -167,6 +169,14 @@ class Session:
         c.num_epochs = c.num_collect_epochs + cfg.num_final_epochs
         self.save({"collect/real_steps": c.real_steps, "collect/episodes": c.real_episodes,
                    "collect/return_mean": float(np.mean(self.store.returns()))})
+
+    def start_static(self) -> None:
+        """Static-dataset mode: no collection; as many epochs as the preset's full run."""
+        if self.store.num_episodes == 0:
+            raise ValueError(f"{self.dataset}: no episodes (.npz files) found")
+        c = self.counters
+        c.num_collect_epochs, c.num_epochs = 0, self.cfg.num_collect_epochs + self.cfg.num_final_epochs
+        self.save({"dataset/steps": self.store.num_steps, "dataset/episodes": self.store.num_episodes})
 
     def collect(self, num_steps: int) -> dict:
         stats = self.collector.collect(self.policy, num_steps=num_steps)

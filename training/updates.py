@@ -29,16 +29,26 @@ def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer) -> dict:
 
 @torch.no_grad()
 def denoiser_test_loss(agent, batches) -> dict:
-    """Mean denoising loss over an iterable of batches (test episodes), model in eval mode."""
+    """Denoising loss over an iterable of batches (test episodes), weighted by their real targets; {} if none."""
     agent.denoiser.eval()
-    losses = [agent.denoiser.loss(b).item() for b in batches]
-    return {"loss_denoising": sum(losses) / len(losses)} if losses else {}
+    n = agent.denoiser.cfg.num_steps_conditioning
+    total = count = 0.0
+    for b in batches:
+        k = float(b.mask[:, n:].sum())
+        if k:
+            total, count = total + agent.denoiser.loss(b).item() * k, count + k
+    return {"loss_denoising": total / count} if count else {}
 
 
 @torch.no_grad()
 def rew_end_test_loss(agent, batches) -> dict:
+    """Reward and end cross-entropies over test batches, weighted by their real transitions; {} if none."""
     agent.rew_end.eval()
-    terms = [tuple(t.item() for t in agent.rew_end.loss_terms(b)) for b in batches]
-    if not terms:
-        return {}
-    return {"loss_rew": sum(t[0] for t in terms) / len(terms), "loss_end": sum(t[1] for t in terms) / len(terms)}
+    sums, count = [0.0, 0.0], 0.0
+    for b in batches:
+        k = float(b.mask[:, :-1].sum())
+        if k:
+            for i, t in enumerate(agent.rew_end.loss_terms(b)):
+                sums[i] += t.item() * k
+            count += k
+    return {"loss_rew": sums[0] / count, "loss_end": sums[1] / count} if count else {}
