@@ -241,12 +241,12 @@ class Player:
         pygame.joystick.init()
         pygame.key.set_repeat()  # held keys are tracked, not repeated
         self._worker = SessionWorker(self.session)
-        clock = pygame.time.Clock()
-        period = 1.0 / opts.fps
+        period, frame_period = 1.0 / opts.fps, 1.0 / max(opts.ui_hz, 2 * opts.fps)
         try:
             if opts.record is not None:
                 self.start_recording(opts.record)
             while self.running:
+                frame_start = time.monotonic()
                 if opts.on_frame is not None:
                     opts.on_frame(self.frames, self)
                 for event in pygame.event.get():
@@ -263,7 +263,12 @@ class Player:
                 if (opts.max_steps is not None and self.steps >= opts.max_steps) or (
                         opts.max_frames is not None and self.frames >= opts.max_frames):
                     self.running = False
-                clock.tick(max(opts.ui_hz, 2 * opts.fps))
+                # Sleep until the next frame, the next step's time, or the model's result, whichever
+                # comes first: a finished step is shown, and the next one started, without waiting a frame.
+                wake = frame_start + frame_period
+                if not self.status.paused and not self._worker.busy:
+                    wake = min(wake, self._next_step)
+                self._worker.wait(wake - time.monotonic())
         finally:
             self._worker.close()
             self._take(self._worker.results())

@@ -24,6 +24,7 @@ class SessionWorker:
         self._pending = 0
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self._finished = threading.Event()  # set whenever a command finishes
         self._thread = threading.Thread(target=self._run, name="dreamarcade-session", daemon=True)
         self._thread.start()
 
@@ -41,6 +42,7 @@ class SessionWorker:
             finally:
                 with self._lock:
                     self._pending -= 1
+                self._finished.set()
 
     def submit(self, name: str, *args) -> None:
         """Queues `session.<name>(*args)`."""
@@ -53,6 +55,12 @@ class SessionWorker:
         """True while any submitted command has not finished."""
         with self._lock:
             return self._pending > 0
+
+    def wait(self, timeout: float) -> bool:
+        """Sleeps up to `timeout` seconds, waking as soon as a command finishes; True if one did."""
+        finished = self._finished.wait(max(0.0, timeout))
+        self._finished.clear()
+        return finished
 
     def results(self) -> list[Snapshot]:
         """The snapshots finished since the last call, oldest first. Re-raises an error of the session."""
