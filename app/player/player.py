@@ -24,6 +24,7 @@ from app.player.worker import SessionWorker
 
 HORIZONS = (5, 10, 15, 25, 50, 100, 200, 500, 0)  # 0: unlimited, after the largest
 MESSAGE_SECONDS = 2.5
+HUD_REFRESH_S = 0.5
 MAX_DENOISING_STEPS = 50
 NO_DISPLAY = ("no display to open a window on ({why}); to play without a window, run "
               "`dreamarcade play --headless --steps N [--record FILE.mp4]`")
@@ -242,6 +243,7 @@ class Player:
         pygame.key.set_repeat()  # held keys are tracked, not repeated
         self._worker = SessionWorker(self.session)
         period, frame_period = 1.0 / opts.fps, 1.0 / max(opts.ui_hz, 2 * opts.fps)
+        redraw_at = 0.0
         try:
             if opts.record is not None:
                 self.start_recording(opts.record)
@@ -249,16 +251,20 @@ class Player:
                 frame_start = time.monotonic()
                 if opts.on_frame is not None:
                     opts.on_frame(self.frames, self)
-                for event in pygame.event.get():
+                events = pygame.event.get()
+                for event in events:
                     self._handle(event)
-                self._take(self._worker.results())
+                changed = self._take(self._worker.results()) or bool(events)
                 now = time.monotonic()
                 if not self.status.paused and not self._worker.busy and now >= self._next_step:
                     self._submit_step()
                     # hold the rate; after a slow step do not rush to catch up
                     self._next_step = max(self._next_step + period, now)
-                self._draw()
-                pygame.display.flip()
+                # Redraw only when something changed (and twice a second for the rates): the CPU is the model's.
+                if changed or now >= redraw_at:
+                    self._draw()
+                    pygame.display.flip()
+                    redraw_at = now + HUD_REFRESH_S
                 self.frames += 1
                 if (opts.max_steps is not None and self.steps >= opts.max_steps) or (
                         opts.max_frames is not None and self.frames >= opts.max_frames):
