@@ -170,3 +170,12 @@ def test_any_gymnasium_image_game_is_resized_to_64x64_rgb():
     assert (obs == 200).all()
     with pytest.raises(ValueError, match="needs uint8 image observations"):
         make_env("CartPole-v1", train=True)
+
+
+def test_other_ale_games_get_the_same_protocol():
+    env = make_env("ALE/SpaceInvaders-v5", train=True, seed=0)
+    obs, info = env.reset()
+    assert obs.shape == (64, 64, 3) and info["original_obs"].shape == (210, 160, 3)
+    assert env.unwrapped.ale.getFloat("repeat_action_probability") == 0.0
+    assert env.unwrapped.get_action_meanings()[:2] == ["NOOP", "FIRE"]
+    assert 1 <= info["episode_frame_number"] <= 30

@@ -154,12 +154,14 @@ class ImageObs(gym.ObservationWrapper):
 def make_atari_env(game: str, train: bool, seed: int | None = None, *, noop_max: int = NOOP_MAX,
                    frame_skip: int = FRAME_SKIP, size: int = IMG_SIZE,
                    render_mode: str | None = None) -> gym.Env:
-    """One Atari 100k env under the protocol. Obs (size, size, 3) uint8; see the module docstring.
+    """One Atari env under the protocol. Obs (size, size, 3) uint8; see the module docstring.
 
-    Raises ValueError for a name that is not one of the 26 games (with close matches).
+    `game`: one of the 26 Atari 100k games (any spelling `resolve_game` accepts), or any other ALE id such
+    as "ALE/SpaceInvaders-v5", which gets the same protocol. Raises ValueError for an unknown name (with
+    close matches).
     """
     _register_ale()
-    env = gym.make(get_game(game).env_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+    env = gym.make(_ale_env_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False,
                    max_num_frames_per_episode=MAX_FRAMES_PER_EPISODE, render_mode=render_mode,
                    disable_env_checker=True)
     env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=size,
@@ -170,16 +172,31 @@ def make_atari_env(game: str, train: bool, seed: int | None = None, *, noop_max:
     return SeedOnFirstReset(env, seed)
 
 
+def is_ale_id(name: str) -> bool:
+    """True for a registered ale-py id outside the 26 games, e.g. "ALE/SpaceInvaders-v5"."""
+    if not name.startswith("ALE/"):
+        return False
+    _register_ale()
+    return name in gym.registry
+
+
+def _ale_env_id(game: str) -> str:
+    return game if not is_atari_game(game) and is_ale_id(game) else get_game(game).env_id
+
+
+def _ale_rom(game: str) -> str:
+    return gym.spec(game).kwargs["game"] if not is_atari_game(game) and is_ale_id(game) else get_game(game).rom
+
+
 def make_env(name: str, train: bool, seed: int | None = None, *, size: int = IMG_SIZE, **kwargs: Any) -> gym.Env:
-    """An Atari 100k game by name (protocol env), or any registered gymnasium id with uint8 image
-    observations and discrete actions, resized to (size, size, 3) RGB. `kwargs` go to `gymnasium.make`.
+    """An Atari game (one of the 26 by name, or any "ALE/...-v5" id: protocol env), or any registered
+    gymnasium id with uint8 image observations and discrete actions, resized to (size, size, 3) RGB.
+    `kwargs` go to `gymnasium.make` (non-Atari only).
 
     Raises ValueError naming close Atari matches when `name` is neither.
     """
-    if is_atari_game(name):
+    if is_atari_game(name) or is_ale_id(name):
         return make_atari_env(name, train, seed, size=size)
-    if "/" in name:
-        _register_ale()  # e.g. another ALE game: "ALE/SpaceInvaders-v5"
     try:
         env = gym.make(name, **kwargs)
     except gym.error.Error as err:
@@ -195,7 +212,7 @@ def make_env(name: str, train: bool, seed: int | None = None, *, size: int = IMG
 
 def make_atari_vector_env(game: str, num_envs: int, *, num_threads: int = 0, size: int = IMG_SIZE,
                           noop_max: int = NOOP_MAX):
-    """ale-py's C++ vector env (threads, no Python per step) set to the protocol.
+    """ale-py's C++ vector env (threads, no Python per step) set to the protocol; `game` as make_atari_env.
 
     Obs (num_envs, 1, size, size, 3) uint8; gymnasium's next-step autoreset: after an env reports
     terminated/truncated (game over or frame cap), its next `step` returns the reset frame and ignores the
@@ -205,7 +222,7 @@ def make_atari_vector_env(game: str, num_envs: int, *, num_threads: int = 0, siz
     """
     from ale_py.vector_env import AtariVectorEnv
 
-    env = AtariVectorEnv(get_game(game).rom, num_envs, num_threads=num_threads, img_height=size, img_width=size,
+    env = AtariVectorEnv(_ale_rom(game), num_envs, num_threads=num_threads, img_height=size, img_width=size,
                          grayscale=False, stack_num=1, frameskip=FRAME_SKIP, maxpool=True, noop_max=noop_max,
                          episodic_life=False, life_loss_info=False, reward_clipping=False, use_fire_reset=False,
                          repeat_action_probability=0.0, full_action_space=False,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_float
-from training.atari_env import ImageObs, make_atari_vector_env, make_env
+from training.atari_env import ImageObs, is_ale_id, make_atari_vector_env, make_env
 from training.episode_store import Episode, EpisodeStore
 from training.games import is_atari_game
 
@@ -92,7 +92,7 @@ class VecSource:
         observations and discrete actions (resized to 64x64 RGB)."""
         self.num_envs = num_envs
         self.train = train
-        self.atari = isinstance(game, str) and is_atari_game(game)
+        self.atari = isinstance(game, str) and (is_atari_game(game) or is_ale_id(game))
         if self.atari:
             self.env = make_atari_vector_env(game, num_envs, num_threads=num_threads)
         elif isinstance(game, str):
