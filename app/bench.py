@@ -1,0 +1,238 @@
+"""The speed measurements of `dreamarcade bench` (DESIGN.md, "Performance"): each returns the median over timed
+runs after warm-up runs, on random weights and synthetic in-RAM data (speed does not depend on the values).
+
+Reference numbers: the reference's own code on a 2-core AMD EPYC CPU, torch 2.13 (diamond.md section 7).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from typing import Callable
+
+import torch
+
+from model import Agent, Batch
+from model.fast import FastActorCritic, default_precision
+from model.presets import PRESETS
+from model.world_model_env import PRECISIONS, WorldModelEnv
+
+# (key, what, reference value, unit, higher is better)
+REFERENCE = {
+    "play_step_ms": (90.8, "ms", False),  # 83.4-98.4 ms, median of 3 runs
+    "denoiser_train_samples_per_s": (3.2, "samples/s", True),
+    "rew_end_train_sequences_per_s": (2.7, "sequences/s", True),
+    "imagination_transitions_per_s": (13.7, "transitions/s", True),
+}
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of fn after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0) -> Agent:
+    """Random weights, with the zero-initialised output layers filled so that nothing is trivially zero."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    torch.manual_seed(seed)
+    agent = Agent(PRESETS[preset](num_actions))
+    with torch.no_grad():
+        for p in agent.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0, 0.02)
+    return agent.eval()
+
+
+def synthetic_batch(b: int, t: int, img_size: int, num_actions: int, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.rand(b, t, 3, img_size, img_size, generator=g) * 2 - 1,
+        act=torch.randint(0, num_actions, (b, t), generator=g),
+        rew=torch.randint(-1, 2, (b, t), generator=g).float(),
+        end=torch.zeros(b, t, dtype=torch.uint8),
+        trunc=torch.zeros(b, t, dtype=torch.uint8),
+        mask=torch.ones(b, t, dtype=torch.bool),
+    )
+
+
+def contexts(n: int, img_size: int, num_actions: int, generator: torch.Generator | None = None):
+    obs = torch.rand(n, 4, 3, img_size, img_size, generator=generator) * 2 - 1
+    return obs, torch.randint(0, num_actions, (n, 4), generator=generator)
+
+
+@torch.inference_mode()
+def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5, repeats: int = 1) -> float:
+    """One step of `play` at batch 1: actor-critic, 3 Euler denoising steps, reward/end. Median ms."""
+    g = torch.Generator().manual_seed(0)
+    env = WorldModelEnv(agent, generator=g, precision=precision)
+    actor = agent.actor_critic if precision == "float32" else FastActorCritic(agent.actor_critic, torch.bfloat16)
+    env.reset(*contexts(1, agent.config.img_size, agent.num_actions, g))
+    state = [None]
+
+    def step():
+        logits, _, state[0] = actor(env.obs, state[0])
+        act = torch.multinomial(logits.softmax(-1), 1, generator=g).squeeze(1)
+        env.step(act)
+
+    times = timed(step, steps * repeats, warmup)
+    return 1000 * statistics.median(times)
+
+
+def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1) -> float:
+    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does."""
+    from training.optim import ModelOptimizer, OptimConfig
+    from training.updates import denoiser_update
+
+    batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
+                            agent.num_actions)
+    opt = ModelOptimizer(agent.denoiser, OptimConfig())
+    times = timed(lambda: denoiser_update(agent, batch, opt), repeats, warmup)
+    return batch_size / statistics.median(times)
+
+
+def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
+                                  warmup: int = 1) -> float:
+    """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
+    from training.optim import ModelOptimizer, OptimConfig
+    from training.updates import rew_end_update
+
+    batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions)
+    opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
+    times = timed(lambda: rew_end_update(agent, batch, opt), repeats, warmup)
+    return batch_size / statistics.median(times)
+
+
+def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
+                                  warmup: int = 1) -> float:
+    """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
+    each, reward/end sampled), backward through the actor-critic, one optimizer step."""
+    from training.imagination import Imagination, actor_critic_update
+    from training.optim import ModelOptimizer, OptimConfig
+    from training.presets import ImaginationConfig
+
+    g = torch.Generator().manual_seed(0)
+    size, n_act = agent.config.img_size, agent.num_actions
+    imagination = Imagination(agent, lambda n: contexts(n, size, n_act, g), num_envs=num_envs, horizon=horizon,
+                              generator=g)
+    opt = ModelOptimizer(agent.actor_critic, OptimConfig(weight_decay=0.0, max_grad_norm=100.0))
+    cfg = ImaginationConfig(horizon=horizon)
+    state = [None]
+
+    def update():
+        _, state[0] = actor_critic_update(agent, imagination, opt, cfg, state[0])
+
+    times = timed(update, repeats, warmup)
+    return num_envs * horizon / statistics.median(times)
+
+
+def collect_steps_per_s(game: str = "Breakout", num_envs: int = 8, num_steps: int = 2000, repeats: int = 3) -> float:
+    from training.collect import measure_collect_steps_per_s
+
+    return measure_collect_steps_per_s(game, num_envs=num_envs, num_steps=num_steps, repeats=repeats)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_native": default_precision("cpu") == "bfloat16",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ale_py": _version("ale-py"),
+        "gymnasium": _version("gymnasium"),
+        "numpy": _version("numpy"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
+              include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
+              game: str = "Breakout", batch_size: int = 32, log: Callable[[str], None] = lambda s: None) -> dict:
+    """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
+    measurements (32, the reference's; smaller only for smoke tests)."""
+    r = repeats if repeats is not None else (1 if quick else 3)
+    agent = make_agent(preset)
+    report = machine()
+    report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size)
+
+    if "play" in include:
+        play = {}
+        for precision in PRECISIONS:
+            log(f"play step, {precision} ...")
+            play[precision] = round(play_step_ms(agent, precision, steps=10 if quick else 30, warmup=3 if quick else 5,
+                                                 repeats=r), 2)
+        play["default"] = default_precision("cpu")
+        report["play_step_ms"] = play
+    if "denoiser" in include:
+        log("denoiser training ...")
+        report["denoiser_train_samples_per_s"] = round(denoiser_train_samples_per_s(agent, batch_size, repeats=r), 3)
+    if "rew_end" in include:
+        log("reward/end training ...")
+        report["rew_end_train_sequences_per_s"] = round(rew_end_train_sequences_per_s(agent, batch_size, repeats=r), 3)
+    if "imagination" in include:
+        log("actor-critic in imagination ...")
+        report["imagination_transitions_per_s"] = round(imagination_transitions_per_s(agent, batch_size, repeats=r), 3)
+    if "collect" in include:
+        log("real env collection ...")
+        report["collect_steps_per_s"] = round(collect_steps_per_s(game, num_steps=200 if quick else 2000, repeats=r), 1)
+    report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return report
+
+
+def table(report: dict) -> str:
+    """A short text table of the report against the reference's numbers."""
+    rows = [("measurement", "this machine", "reference", "vs reference")]
+    play = report.get("play_step_ms", {})
+    ref_ms = REFERENCE["play_step_ms"][0]
+    for name, ms in play.items():
+        if name == "default":
+            continue
+        tag = " (play default)" if name == play.get("default") else ""
+        rows.append((f"play step, {name}{tag}", f"{ms:.1f} ms ({1000 / ms:.1f} fps)", f"{ref_ms} ms",
+                     f"{ref_ms / ms:.2f}x"))
+    for key, (ref, unit, _) in REFERENCE.items():
+        if key != "play_step_ms" and key in report:
+            rows.append((key.replace("_", " "), f"{report[key]:.2f} {unit}", f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
+    if "collect_steps_per_s" in report:
+        rows.append(("collect steps per s", f"{report['collect_steps_per_s']:.0f} steps/s", "-", "-"))
+    if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:
+        rows = [r if i == 0 else (*r[:3], "not comparable") for i, r in enumerate(rows)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    head = (f"{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
+            f"load average {report['load_average'][0]:.1f}" if report.get("load_average") else "")
+    return "\n".join([head, *lines])

@@ -1,0 +1,74 @@
+"""`dreamarcade bench`: measure play and training speed on this machine (DESIGN.md, "Performance")."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Measure the speed figures of DESIGN.md on this machine and compare them with the reference's own code
+(diamond.md section 7: 2-core AMD EPYC CPU): the play step (batch 1: actor + 3 Euler denoising steps +
+reward/end, reference-size model, 4 actions, 64x64) in every precision, denoiser training (batch 32),
+reward/end training (32 x 19), actor-critic training in imagination (32 envs x 15 steps, with backward),
+and real-env collection. Medians over repeated runs after warm-up, random weights, synthetic data.
+A full run of the reference-size model takes several minutes on 2 CPU cores; --quick does one run of each.
+
+examples:
+  dreamarcade bench --json bench.json
+  dreamarcade bench --quick --only play
+  dreamarcade bench --quick --preset tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
+"""
+
+PARTS = ("play", "denoiser", "rew_end", "imagination", "collect")
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", metavar="FILE", help="write the report (one JSON object) to FILE")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="timed runs per measurement, after warm-up (default 3, 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="fewer and shorter runs (noisier)")
+    p.add_argument("--preset", default="atari100k",
+                   help="model size (default atari100k, the reference's; tiny for smoke tests)")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
+                   help=f"measure only these: {', '.join(PARTS)} (default: all)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="B",
+                   help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
+    p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from app.bench import run_bench, table
+    from model.presets import PRESETS
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.json:
+        out = Path(args.json)
+        if out.parent and not out.parent.exists():
+            raise FileNotFoundError(f"folder {out.parent} does not exist (for --json {args.json})")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.threads or threads)
+        report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
+                           game=args.game, batch_size=args.batch_size,
+                           log=lambda s: print(s, file=sys.stderr, flush=True))
+    finally:
+        torch.set_num_threads(threads)
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0

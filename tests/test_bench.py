@@ -1,0 +1,38 @@
+"""`dreamarcade bench`: one JSON report with every speed figure of DESIGN.md (tiny model: a smoke test)."""
+import json
+
+import pytest
+
+from app.cli import main
+
+KEYS = ("device", "threads", "play_step_ms", "denoiser_train_samples_per_s", "rew_end_train_sequences_per_s",
+        "imagination_transitions_per_s", "collect_steps_per_s", "cpu", "torch", "python", "ale_py")
+
+
+def test_quick_bench_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--preset", "tiny", "--batch-size", "2", "--threads", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(KEYS) <= set(report)
+    assert report["device"] == "cpu" and report["threads"] == 1
+    play = report["play_step_ms"]
+    assert {"float32", "bfloat16", "default"} <= set(play) and play["default"] in play
+    assert all(0 < play[k] < 60_000 for k in ("float32", "bfloat16"))
+    for key in KEYS[3:7]:
+        assert 0 < report[key] < 1e6, key
+    table = capsys.readouterr().out
+    assert "play step, float32" in table and "not comparable" in table  # tiny model: no comparison claimed
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["bench", "--preset", "huge"]) == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["bench", "--json", str(tmp_path / "missing" / "b.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--batch-size", "0"]])
+def test_counts_must_be_positive(argv, capsys):
+    assert main(argv) == 2
+    assert "at least 1" in capsys.readouterr().err
