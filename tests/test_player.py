@@ -191,7 +191,8 @@ def test_window_live_controls(agent, tmp_path):
         (("frames", 2), press(pygame.K_EQUALS)),
         (("frames", 5), press(pygame.K_x)),  # screenshot
         (("frames", 5), press(pygame.K_v)),  # start recording
-        (("steps", 8), press(pygame.K_v)),  # stop
+        (("steps", 4), press(pygame.K_m)),  # compare -> imagine: the window shrinks while recording
+        (("steps", 4), press(pygame.K_v)),  # stop
         (("frames", 2), press(pygame.K_r)),  # reset
         (("steps", 2), press(pygame.K_o)),  # full-resolution real frame
         (("steps", 2), press(pygame.K_ESCAPE)),
@@ -209,7 +210,7 @@ def test_window_live_controls(agent, tmp_path):
     assert shot.get_size() == player.hud.window_size(2)
     assert len(player.videos) == 1
     frames = imageio.mimread(player.videos[0], memtest=False)
-    assert len(frames) >= 8
+    assert len(frames) >= 8 and len({f.shape for f in frames}) == 1
     assert list(tmp_path.glob("*-episodes/*/*.npz"))  # episodes in the episode store format
     s.close()
 
@@ -255,6 +256,9 @@ def test_headless_random_real_mode(weights_file, capsys):
     rc = main(["play", "--game", GAME, "--weights", str(weights_file), "--mode", "real", "--headless",
                "--steps", "30", "--controller", "random"])
     assert rc == 0 and "30 steps" in capsys.readouterr().out
+    rc = main(["play", "--game", GAME, "--weights", str(weights_file), "--mode", "compare", "--headless",
+               "--steps", "5", "--denoising-steps", "1"])
+    assert rc == 0 and "PSNR" in capsys.readouterr().out
 
 
 def test_weights_for_another_game_are_refused_before_any_window(tmp_path, capsys):

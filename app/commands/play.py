@@ -125,6 +125,8 @@ def _run_headless(session, args: argparse.Namespace) -> int:
     result = run_headless(session, args.steps, record=args.record, fps=args.fps, size=min(args.size, 256),
                           episodes_dir=episodes)
     latency = f", model {result.mean_latency_ms:.0f} ms/step" if result.mean_latency_ms is not None else ""
+    if result.mean_psnr_db is not None:
+        latency += f", dream vs real PSNR {result.mean_psnr_db:.1f} dB"
     returns = ", ".join(f"{r:g}" for r in result.returns) or "none finished"
     print(f"{session.game} ({session.mode}, {session.controller}): {result.steps} steps at "
           f"{result.steps_per_s:.1f} steps/s{latency}; episode returns: {returns}")

@@ -24,6 +24,7 @@ class HeadlessResult:
     returns: tuple[float, ...]  # returns of the finished episodes
     steps_per_s: float
     mean_latency_ms: float | None
+    mean_psnr_db: float | None  # compare mode: imagined vs real frames, over all steps
     video: Path | None
     episodes_saved: tuple[Path, ...]
 
@@ -41,13 +42,15 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
         hud = Hud(size, Keymap(session.meanings))
         surface = pygame.Surface(hud.window_size(len(session.snapshot().panels)))
     status = Status(fps_target=None)
-    returns, latencies = [], []
+    returns, latencies, psnrs = [], [], []
     t0 = time.perf_counter()
     try:
         for i in range(steps):
             snap = session.step()
             if snap.latency_ms is not None:
                 latencies.append(snap.latency_ms)
+            if snap.psnr_db is not None:
+                psnrs.append(min(snap.psnr_db, 99.0))
             if snap.ended:
                 returns.append(snap.ret)
                 log(f"step {i + 1}: {snap.message}")
@@ -70,6 +73,7 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
         returns=tuple(returns),
         steps_per_s=steps / elapsed,
         mean_latency_ms=sum(latencies) / len(latencies) if latencies else None,
+        mean_psnr_db=sum(psnrs) / len(psnrs) if psnrs else None,
         video=path,
         episodes_saved=saved,
     )
