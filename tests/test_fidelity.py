@@ -108,3 +108,13 @@ def test_measure_and_cli(agent, tmp_path, capsys):
 def test_wrong_agent_for_game():
     with pytest.raises(ValueError, match="6 actions but Breakout has 4"):
         measure_fidelity(Agent(tiny(6)), "Breakout", FidelityConfig(horizon=2, contexts=1))
+
+
+def test_fast_path_is_compared_with_float32(agent, real):
+    cfg = FidelityConfig(horizon=6, contexts=3, denoising_steps=1)
+    exact = imagine(agent, real, cfg)
+    again = imagine(agent, real, cfg)
+    assert torch.equal(exact.obs, again.obs)  # seeded: the same noise gives the same frames
+    result = measure_fidelity(agent, "Breakout", FidelityConfig(horizon=2, contexts=1, max_warmup=0,
+                                                                denoising_steps=1, precision="bfloat16"))
+    assert len(result["vs_float32"]["psnr"]) == 2 and result["vs_float32"]["mean_psnr"] > 0

@@ -232,6 +232,10 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
     real = record_real(agent, game, cfg)
     fake = imagine(agent, real, cfg)
     result = {"game": game, **asdict(cfg), **compare(real, fake)}
+    if cfg.precision != "float32":  # a faster path must keep the frames: compare it with the float32 path too
+        exact = imagine(agent, real, replace(cfg, precision="float32"))
+        versus = compare(Rollouts(exact.obs, exact.act, exact.rew, exact.end, real.valid), fake)
+        result["vs_float32"] = {k: versus[k] for k in ("psnr", "ssim", "mean_psnr", "mean_ssim")}
     if out_dir is not None:
         import imageio.v3 as iio
 

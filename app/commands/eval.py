@@ -160,6 +160,10 @@ def _run_fidelity(args: argparse.Namespace) -> int:
     print(_table(["game", "mean PSNR", "mean SSIM", "reward acc.", "end acc."],
                  [[result["game"], f"{result['mean_psnr']:.2f}", f"{result['mean_ssim']:.3f}",
                    f"{result['reward_accuracy']:.3f}", f"{result['end_accuracy']:.3f}"]]))
+    if "vs_float32" in result:
+        vs = result["vs_float32"]
+        print(f"{args.precision} vs float32 imagination (same noise): mean PSNR {vs['mean_psnr']:.2f} dB, "
+              f"mean SSIM {vs['mean_ssim']:.3f}")
     print(f"wrote {result['strip']} (real above, imagined below) and {result['curves']}")
     _write_json(args.json or str(Path(args.out) / "fidelity.json"), result)
     return 0
