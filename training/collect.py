@@ -215,7 +215,7 @@ class Collector:
                     self._pending.append(self._writer.submit(self.store.replace, self._partial[i], ep))
                     self._partial[i] = None
                 elif self.store is not None:
-                    self._pending.append(self._writer.submit(self.store.add, ep))
+                    self._pending.append(self._writer.submit(self.store.add, ep, False))
             steps += int(real.sum())
             self._first = (done & ~over) | self._resetting
             self._resetting = real & over
@@ -237,6 +237,8 @@ class Collector:
         pending, self._pending = self._pending, []
         for f in pending:
             f.result()
+        if pending and self.store is not None:
+            self.store.sync()
 
     def close(self) -> None:
         self.flush()

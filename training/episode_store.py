@@ -80,8 +80,9 @@ def validate(ep: Episode) -> None:
             raise ValueError(f"{name} must be ({t},), got {getattr(ep, name).shape}")
 
 
-def save_episode(ep: Episode, path: str | Path) -> None:
-    """Writes `ep` to `path` atomically: temporary file in the same folder, fsync, rename."""
+def save_episode(ep: Episode, path: str | Path, sync_dir: bool = True) -> None:
+    """Writes `ep` to `path` atomically: temporary file in the same folder, fsync, rename, then (unless
+    sync_dir=False, for a caller that syncs the folder once after many writes) fsync of the folder."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     try:
@@ -93,7 +94,8 @@ def save_episode(ep: Episode, path: str | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def load_episode(path: str | Path) -> Episode:
@@ -243,8 +245,9 @@ class EpisodeStore:
         for i in range(len(self._files)):
             yield self[i]
 
-    def add(self, ep: Episode) -> int:
-        """Appends `ep` (atomic write) and returns its index. Old files are never rewritten."""
+    def add(self, ep: Episode, sync_dir: bool = True) -> int:
+        """Appends `ep` (atomic write) and returns its index. Old files are never rewritten.
+        sync_dir=False leaves the folder's fsync to a later `sync()` (the collector syncs once per call)."""
         if self.static:
             raise ValueError(f"{self.path} is a static dataset: episodes cannot be added")
         validate(ep)
@@ -253,7 +256,7 @@ class EpisodeStore:
             if _NAME.match(p.name):
                 next_id = max(next_id, int(p.stem) + 1)
         path = self.path / f"{next_id:08d}.npz"
-        save_episode(ep, path)
+        save_episode(ep, path, sync_dir)
         return self._register(path, len(ep), ep)
 
     def replace(self, idx: int, ep: Episode) -> None:
@@ -267,6 +270,10 @@ class EpisodeStore:
         save_episode(ep, self._files[idx])
         self._lengths[idx] = len(ep)
         self._cache[idx] = ep
+
+    def sync(self) -> None:
+        """fsync of the folder, so that renamed-in episode files survive a power loss."""
+        _fsync_dir(self.path)
 
     def returns(self) -> np.ndarray:
         """(num_episodes,) raw returns (loads every episode)."""
