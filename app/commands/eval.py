@@ -40,6 +40,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--num-envs", type=int, default=8, help="episodes played in parallel (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of envs, policy sampling and bootstrap (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
     p.add_argument("--plot", metavar="OUT.png", help="with --aggregate: save a comparison plot")
     p.add_argument("--compare", metavar="RESULTS", nargs="+", default=[],
@@ -61,6 +63,12 @@ def run(args: argparse.Namespace) -> int:
         return _run_aggregate(args)
     if not args.game:
         raise ValueError("--game is required (or use --aggregate RESULTS.json)")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.fidelity:
         return _run_fidelity(args)
     return _run_episodes(args)
