@@ -47,6 +47,8 @@ def test_summary_and_labels():
     assert "Space fire" in keymap.summary()
     assert keymap.combo(keymap.meanings.index("RIGHTFIRE")) == "Right/D + Space"
     assert keymap.combo(0) == "no key"
+    assert buttons_from_keys({pygame.K_z}, {pygame.KSCAN_W}) == {"UP"}  # AZERTY's Z is where W is
+    assert buttons_from_keys({pygame.K_q}, {pygame.KSCAN_A}) == {"LEFT"}
     with pytest.raises(ValueError, match="unknown Atari action"):
         Keymap(("NOOP", "JUMP"))
 

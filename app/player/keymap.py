@@ -15,13 +15,21 @@ import pygame
 
 BUTTONS = ("UP", "DOWN", "LEFT", "RIGHT", "FIRE")
 
-# Keyboard keys of each button: arrows and WASD for the joystick, Space (or Z, as many emulators) for fire.
+# Keyboard keys of each button: arrows and WASD for the joystick, Space for fire. WASD is also matched by
+# its physical position (scancode), so it sits under the left hand on AZERTY and other layouts too.
 BUTTON_KEYS: dict[str, tuple[int, ...]] = {
     "UP": (pygame.K_UP, pygame.K_w),
     "DOWN": (pygame.K_DOWN, pygame.K_s),
     "LEFT": (pygame.K_LEFT, pygame.K_a),
     "RIGHT": (pygame.K_RIGHT, pygame.K_d),
-    "FIRE": (pygame.K_SPACE, pygame.K_z),
+    "FIRE": (pygame.K_SPACE,),
+}
+BUTTON_SCANCODES: dict[str, tuple[int, ...]] = {
+    "UP": (pygame.KSCAN_UP, pygame.KSCAN_W),
+    "DOWN": (pygame.KSCAN_DOWN, pygame.KSCAN_S),
+    "LEFT": (pygame.KSCAN_LEFT, pygame.KSCAN_A),
+    "RIGHT": (pygame.KSCAN_RIGHT, pygame.KSCAN_D),
+    "FIRE": (pygame.KSCAN_SPACE,),
 }
 BUTTON_LABELS = {"UP": "Up/W", "DOWN": "Down/S", "LEFT": "Left/A", "RIGHT": "Right/D", "FIRE": "Space"}
 GAMEPAD_DEADZONE = 0.5
@@ -86,9 +94,10 @@ class Keymap:
         return ", ".join(parts)
 
 
-def buttons_from_keys(keys: set[int] | frozenset[int]) -> set[str]:
-    """The buttons held, from a set of held pygame key codes."""
-    return {b for b, codes in BUTTON_KEYS.items() if any(k in keys for k in codes)}
+def buttons_from_keys(keys: set[int] | frozenset[int], scancodes: set[int] | frozenset[int] = frozenset()) -> set[str]:
+    """The buttons held, from the held pygame key codes and (optionally) their scancodes."""
+    return {b for b in BUTTONS
+            if any(k in keys for k in BUTTON_KEYS[b]) or any(s in scancodes for s in BUTTON_SCANCODES[b])}
 
 
 def buttons_from_gamepad(joystick) -> set[str]:

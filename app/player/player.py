@@ -79,6 +79,7 @@ class Player:
         self.hud = Hud(self.options.size, self.keymap)
         self.status = Status(fps_target=self.options.fps)
         self.held_keys: set[int] = set()
+        self.held_scancodes: set[int] = set()
         self.latched: set[str] = set()  # buttons pressed since the last step, so a quick tap is not lost
         self.joysticks: dict[int, pygame.joystick.JoystickType] = {}
         self.running = True
@@ -100,14 +101,15 @@ class Player:
 
     # ---- input ----------------------------------------------------------------------------
     def human_action(self) -> int:
-        held = buttons_from_keys(self.held_keys) | self.latched
+        held = buttons_from_keys(self.held_keys, self.held_scancodes) | self.latched
         for js in self.joysticks.values():
             held |= buttons_from_gamepad(js)
         return self.keymap.action(held)
 
-    def _key_down(self, key: int) -> None:
+    def _key_down(self, key: int, scancode: int = 0) -> None:
         self.held_keys.add(key)
-        self.latched |= buttons_from_keys({key})
+        self.held_scancodes.add(scancode)
+        self.latched |= buttons_from_keys({key}, {scancode})
         submit = self._worker.submit
         if key == pygame.K_ESCAPE:
             self.running = False
@@ -155,11 +157,13 @@ class Player:
         if event.type == pygame.QUIT:
             self.running = False
         elif event.type == pygame.KEYDOWN:
-            self._key_down(event.key)
+            self._key_down(event.key, getattr(event, "scancode", 0))
         elif event.type == pygame.KEYUP:
             self.held_keys.discard(event.key)
+            self.held_scancodes.discard(getattr(event, "scancode", 0))
         elif event.type == pygame.WINDOWFOCUSLOST:
             self.held_keys.clear()  # a key released in another window never sends KEYUP here
+            self.held_scancodes.clear()
         elif event.type == pygame.JOYDEVICEADDED:
             js = pygame.joystick.Joystick(event.device_index)
             self.joysticks[js.get_instance_id()] = js
