@@ -115,3 +115,24 @@ def test_traversal_cuts_consecutive_segments(store):
     assert frame_values(b.obs[1]) == [level(4), level(5), level(FINAL)]
     with pytest.raises(ValueError, match="no episodes"):
         SegmentSampler(EpisodeStore(store.path / "empty"), 1, 4, False).sample()
+
+
+def test_an_episode_with_corrupt_frames_is_reported_and_left_out(tmp_path):
+    s = EpisodeStore(tmp_path)
+    for i in range(5):
+        ep = episode(6, first_value=10 * i)
+        ep.obs = np.repeat(np.repeat(ep.obs, 8, axis=2), 8, axis=3)  # 64x64: a member zip reads in several parts
+        ep.final_obs = np.full((3, 64, 64), FINAL, np.uint8)
+        s.add(ep)
+    path = tmp_path / "00000004.npz"
+    data = bytearray(path.read_bytes())
+    data[30 + len("obs.npy") + 128 + 50_000] ^= 0xFF  # a frame byte of the first member; headers intact
+    path.write_bytes(bytes(data))
+    reopened = EpisodeStore(tmp_path)
+    assert reopened.lengths.tolist() == [6] * 5
+    sampler = SegmentSampler(reopened, 32, 4, False, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"corrupt episode file .*00000004\.npz"):
+        for _ in range(5):
+            b = sampler.sample()
+    assert reopened.lengths.tolist() == [6, 6, 6, 6, 0] and len(b) == 32
+    assert len(list(reopened)) == 4

@@ -215,6 +215,7 @@ class EpisodeStore:
 
     @property
     def num_episodes(self) -> int:
+        """Indexed episodes (one found corrupt on reading still counts, with length 0)."""
         return len(self._files)
 
     @property
@@ -232,18 +233,29 @@ class EpisodeStore:
     # --- read / write --------------------------------------------------------------------------------
     def __getitem__(self, idx: int) -> Episode:
         """Episode number `idx` in creation order (0 = oldest), loaded on first use and kept.
-        Raises ValueError naming the file if its frame data turn out to be corrupt."""
+        Raises ValueError naming the file if its frame data turn out to be corrupt; that episode is then
+        reported once and its length set to 0, so that samplers leave it out."""
         if idx < 0:
             idx += len(self._files)
         ep = self._cache.get(idx)
         if ep is None:
-            ep = load_episode(self._files[idx])
+            try:
+                ep = load_episode(self._files[idx])
+            except ValueError as err:
+                if self._lengths[idx]:
+                    self._lengths[idx] = 0
+                    self._report(self._files[idx], err)
+                raise
             self._cache[idx] = ep
         return ep
 
     def __iter__(self):
+        """Every readable episode (a corrupt one is reported and skipped)."""
         for i in range(len(self._files)):
-            yield self[i]
+            try:
+                yield self[i]
+            except ValueError:
+                continue
 
     def add(self, ep: Episode, sync_dir: bool = True) -> int:
         """Appends `ep` (atomic write) and returns its index. Old files are never rewritten.

@@ -35,8 +35,15 @@ def episode_probs(lengths: np.ndarray, weights: Sequence[float] | None = SAMPLE_
     n = len(lengths)
     if n == 0:
         raise ValueError("no episodes to sample from")
+    if lengths.sum() == 0:
+        raise ValueError("no readable episodes to sample from")
     if weights is None or n < len(weights):
         return lengths / lengths.sum()
+    if weights is not None and (lengths == 0).any():  # unreadable episodes (length 0) are left out
+        keep = lengths > 0
+        probs = np.zeros(n)
+        probs[keep] = episode_probs(lengths[keep], weights)
+        return probs
     k = len(weights)
     size = n // k
     probs = np.empty(n)
@@ -123,14 +130,23 @@ class SegmentSampler:
         idx = np.arange(self.rank, len(lengths), self.world_size)
         if len(idx) == 0:
             raise ValueError(f"rank {self.rank} has no episodes ({len(lengths)} stored, world size {self.world_size})")
+        if probs[idx].sum() == 0:
+            raise ValueError(f"rank {self.rank} has no readable episodes")
         p = probs[idx] / probs[idx].sum()
         chosen = self.rng.choice(idx, size=self.batch_size, p=p)
         return [(int(e), *sample_window(self.rng, int(lengths[e]), self.seq_len, self.can_sample_beyond_end))
                 for e in chosen]
 
     def sample(self) -> Batch:
-        """One Batch of `batch_size` segments of `seq_len` steps."""
-        return make_batch(self.store, self.sample_windows())
+        """One Batch of `batch_size` segments of `seq_len` steps. An episode whose frames turn out to be
+        corrupt is reported by the store (by file name), left out, and the batch drawn again."""
+        while True:
+            unreadable = int((self.store.lengths == 0).sum())
+            try:
+                return make_batch(self.store, self.sample_windows())
+            except ValueError:
+                if int((self.store.lengths == 0).sum()) == unreadable:  # not a newly found corrupt episode
+                    raise
 
 
 def iterate_segments(store: EpisodeStore, seq_len: int, batch_size: int) -> Iterator[Batch]:
