@@ -44,7 +44,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--sample-rew-end", action="store_true",
                    help="sample the dream's reward and end as in training (and the reference's player) "
                         "instead of taking the most likely values (default)")
-    p.add_argument("--size", type=int, default=512, metavar="PX", help="size of a game panel in pixels, rounded down to a multiple of 64 (default 512)")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="size of a game panel in pixels, rounded down to a multiple of 64 "
+                        "(default 512 in a window, 256 in a --headless recording)")
     p.add_argument("--seed", type=int, default=None, help="seed of the emulator and the samplers")
     p.add_argument("--headless", action="store_true", help="no window: play --steps steps (agent or random)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="with --headless: agent steps to play")
@@ -57,6 +59,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+def _panel_size(size: int | None, default: int) -> int:
+    """Whole screen pixels per frame pixel, for crisp upscaling of the 64x64 frames."""
+    return default if size is None else max(64, size // 64 * 64)
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if args.fps <= 0:
         raise ValueError(f"--fps must be positive, not {args.fps:g}")
@@ -64,7 +71,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
     if args.horizon < 0:
         raise ValueError(f"--horizon must be 0 (never) or positive, not {args.horizon}")
-    if not 64 <= args.size <= 4096:
+    if args.size is not None and not 64 <= args.size <= 4096:
         raise ValueError(f"--size must be between 64 and 4096 pixels, not {args.size}")
     if args.record is not None and args.record.suffix.lower() != ".mp4":
         raise ValueError(f"--record must name an .mp4 file, not {str(args.record)!r}")
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             env = make_real_env(resolve_game(args.game))
             meanings = tuple(env.unwrapped.get_action_meanings())
             env.close()
-        run_replay(args.replay, size=max(64, args.size // 64 * 64), meanings=meanings, fps=args.fps)
+        run_replay(args.replay, size=_panel_size(args.size, 512), meanings=meanings, fps=args.fps)
         return 0
     if args.controller is None:
         args.controller = "agent" if args.headless else "human"
@@ -122,7 +129,7 @@ def _run_headless(session, args: argparse.Namespace) -> int:
     from app.player.headless import run_headless
 
     episodes = args.record.with_name(args.record.stem + "-episodes") if args.record else None
-    result = run_headless(session, args.steps, record=args.record, fps=args.fps, size=min(args.size, 256),
+    result = run_headless(session, args.steps, record=args.record, fps=args.fps, size=_panel_size(args.size, 256),
                           episodes_dir=episodes)
     latency = f", model {result.mean_latency_ms:.0f} ms/step" if result.mean_latency_ms is not None else ""
     if result.mean_psnr_db is not None:
@@ -138,8 +145,7 @@ def _run_headless(session, args: argparse.Namespace) -> int:
 def _run_window(session, args: argparse.Namespace) -> int:
     from app.player.player import Player, WindowOptions
 
-    size = max(64, args.size // 64 * 64)  # whole pixels per frame pixel: crisp upscaling
-    options = WindowOptions(fps=args.fps, size=size, out_dir=args.out_dir, record=args.record)
+    options = WindowOptions(fps=args.fps, size=_panel_size(args.size, 512), out_dir=args.out_dir, record=args.record)
     player = Player(session, options).run()
     for path in player.videos:
         print(f"recorded {path}")
