@@ -203,19 +203,17 @@ class Collector:
                 b.end.append(end[i])
                 b.trunc.append(trunc[i])
             for i in np.flatnonzero(done):
-                ep = _to_episode(bufs[i], next_obs[i])
-                bufs[i] = _Buffer()
+                b, bufs[i] = bufs[i], _Buffer()
                 if quota is not None:
                     if quota[i] == 0:
                         continue
                     quota[i] -= 1
-                returns.append(ep.ret)
-                lengths.append(len(ep))
-                if self.store is not None and self._partial[i] is not None:
-                    self._pending.append(self._writer.submit(self.store.replace, self._partial[i], ep))
+                returns.append(float(np.sum(b.rew, dtype=np.float32)))
+                lengths.append(len(b.act))
+                if self.store is not None:  # building and writing the episode happen in the writer thread
+                    self._pending.append(self._writer.submit(self._store_episode, b, next_obs[i].copy(),
+                                                             self._partial[i]))
                     self._partial[i] = None
-                elif self.store is not None:
-                    self._pending.append(self._writer.submit(self.store.add, ep, False))
             steps += int(real.sum())
             self._first = (done & ~over) | self._resetting
             self._resetting = real & over
@@ -231,6 +229,13 @@ class Collector:
                     else:
                         self.store.replace(self._partial[i], ep)
         return CollectStats(steps, len(returns), returns, lengths, time.perf_counter() - t0)
+
+    def _store_episode(self, b: _Buffer, final_obs: np.ndarray, partial_idx: int | None) -> None:
+        ep = _to_episode(b, final_obs)
+        if partial_idx is None:
+            self.store.add(ep, sync_dir=False)
+        else:
+            self.store.replace(partial_idx, ep)
 
     def flush(self) -> None:
         """Waits until every completed episode is on disk (re-raising a write error)."""
