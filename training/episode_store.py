@@ -12,9 +12,14 @@ Frames stay uint8 end to end, so a save/load round trip is exact for every value
 float->byte truncation loses a level on values 1..63; diamond.md 3.2, fixed here).
 
 Writes go to a hidden temporary file in the same folder, are fsync'ed, then renamed into place, so a run
-killed mid-write leaves only complete episodes (plus an ignored temporary file). Unreadable or malformed
-files are reported by name (a warning) and skipped; the others still load. Frames are read on first use
-and kept as uint8 only: memory never exceeds the frames themselves.
+killed mid-write leaves only complete episodes (plus an ignored temporary file). Files are never rewritten,
+except an unfinished episode that the collector stores and then extends (`replace`, same atomic write).
+Unreadable or malformed files are reported by name (a RuntimeWarning) and skipped; the others still load.
+Opening a store reads only the array headers; frames are read on first use and kept as uint8: memory never
+exceeds the frames themselves (100k steps of 64x64 RGB: 1.2 GB).
+
+Any folder of such files (any names, searched recursively) opens as a static dataset:
+`EpisodeStore(folder, static=True)`.
 """
 from __future__ import annotations
 
