@@ -217,7 +217,8 @@ def make_atari_vector_env(game: str, num_envs: int, *, num_threads: int = 0, siz
     Obs (num_envs, 1, size, size, 3) uint8; gymnasium's next-step autoreset: after an env reports
     terminated/truncated (game over or frame cap), its next `step` returns the reset frame and ignores the
     action. Life loss is NOT a terminal here: read it from `info["lives"]` (collect.py does). Its reset
-    draws U{0..noop_max-1} NOOPs, not U{1..noop_max} (the one difference from the protocol). Seed it
+    draws U{0..noop_max-1} NOOPs, not U{1..noop_max} (the one difference from the protocol; its 108k-frame
+    cap also starts counting after those NOOPs, a difference of under 30 frames in 108,000). Seed it
     with `reset(seed=s)`: env i gets seed s + i.
     """
     from ale_py.vector_env import AtariVectorEnv
