@@ -19,6 +19,15 @@ from training.presets import ImaginationConfig
 A = 3
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one thread avoids OpenMP spin-waits when the CPU is shared (tens of times faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def agent():
     torch.manual_seed(0)
@@ -93,8 +102,12 @@ def test_vector_env_autoresets(agent, catch_store):
     assert obs.shape == (3, 64, 64, 3) and env.observation_space.contains(obs)
     obs1, _ = env.reset(seed=0)
     assert np.array_equal(obs, obs1), "same seed, same start"
+    died = np.zeros(3, dtype=bool)
     for t in range(2):
         obs, rew, terminated, truncated, info = env.step(env.action_space.sample())
         assert env.observation_space.contains(obs) and rew.shape == (3,)
-    assert (terminated | truncated).all() and info["_final_obs"].all()
-    assert info["final_obs"].shape == (3, 64, 64, 3)
+        dead = terminated | truncated
+        if dead.any():
+            assert np.array_equal(info["_final_obs"], dead) and info["final_obs"].shape == (3, 64, 64, 3)
+        died |= dead
+    assert died.all(), "every game ends or is cut within max_episode_steps"

@@ -19,11 +19,11 @@ from training.run_dir import RunDir
 from training.tensorboard_log import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # no OpenMP spin-waits on a shared CPU
 
 
 def dreamarcade(*args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -48,7 +48,7 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
     killed_at = ckpt["counters"]["epoch"]
     assert killed_at >= 1
 
-    again = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert again.returncode == 2 and "--resume" in again.stderr  # no silent restart over an existing run
 
     proc = dreamarcade("train", "--run-dir", str(run), "--resume", "--no-progress")
@@ -71,7 +71,7 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
 
     # a finished run says so instead of starting again
     done = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(run), "--resume"],
-                          cwd=ROOT, capture_output=True, text=True)
+                          cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert done.returncode == 0 and "finished" in done.stdout
     assert metrics_epochs(run) == epochs
 
@@ -90,16 +90,16 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "app", "train", "--resume"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--resume"], cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "--run-dir" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Brekout", "--preset", "tiny"],
-                       cwd=ROOT, capture_output=True, text=True)
+                       cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "Breakout" in r.stderr
     r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Pong", "--preset", "huge"],
-                       cwd=ROOT, capture_output=True, text=True)
+                       cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "tiny" in r.stderr
     r = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(tmp_path / "none"), "--resume"],
-                       cwd=ROOT, capture_output=True, text=True)
+                       cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no training run to resume" in r.stderr
 
 

@@ -123,19 +123,23 @@ def tiny() -> TrainConfig:
 def catch() -> TrainConfig:
     """The toy game Catch (training.toy_env): a small model learns to catch the ball in a few CPU minutes.
 
-    Scaled to the game: 3-step episodes, so short imagined rollouts; deterministic frames, so one denoising
-    step; higher learning rates and a short warm-up because there are only a few hundred updates.
+    Scaled to the game: 3-step episodes, so short imagined rollouts and reward/end sequences; deterministic
+    frames, so one denoising step; a short warm-up and higher learning rates, since there are only a few
+    hundred updates. Uniform episode sampling: the random initial data covers the game well.
     """
-    fast = OptimConfig(lr=1e-3, weight_decay=1e-2, max_grad_norm=1.0, warmup_steps=10)
+    def optim(lr: float, wd: float, clip: float) -> OptimConfig:
+        return OptimConfig(lr=lr, weight_decay=wd, max_grad_norm=clip, warmup_steps=10)
+
     return TrainConfig(
         model="catch", total_real_steps=1_200, initial_steps_min=600, initial_steps_max=600,
         initial_min_rare_rewards=0, collect_steps_per_epoch=100, num_final_epochs=0, epsilon=0.0,
-        eval_every=2, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
-        denoiser=ModelTraining(fast, batch_size=16, steps_first_epoch=150, steps_per_epoch=20, seq_length=5),
-        rew_end=ModelTraining(dataclasses.replace(fast, max_grad_norm=100.0), batch_size=16,
-                              steps_first_epoch=100, steps_per_epoch=20, seq_length=6),
-        actor_critic=ModelTraining(OptimConfig(lr=2e-3, weight_decay=0.0, max_grad_norm=100.0, warmup_steps=10),
-                                   batch_size=32, steps_first_epoch=60, steps_per_epoch=30, seq_length=4),
+        eval_every=3, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
+        denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
+                               seq_length=5),
+        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=150, steps_per_epoch=20,
+                              seq_length=4),
+        actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=40, steps_per_epoch=25,
+                                   seq_length=4),
         imagination=ImaginationConfig(horizon=4, gamma=0.9, lam=0.9, weight_entropy_loss=0.01, denoising_steps=1),
     )
 

@@ -37,18 +37,27 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "DIR (no environment, no actor-critic)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn at random and saved)")
     p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs in total (default: the preset's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is often fastest on a shared machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
     return p
 
 
 def run(args) -> int:
     import dataclasses
+    import os
     from pathlib import Path
 
     from training.loop import train
     from training.presets import get_preset
     from training.run_dir import RunDir
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.resume:
         if not args.run_dir:
             raise ValueError("--resume needs --run-dir DIR (the run to continue)")
@@ -67,7 +76,7 @@ def run(args) -> int:
         return 0
     summary = train(cfg, run_dir, device=args.device, resume=args.resume, dataset=args.dataset,
                     max_epochs=args.epochs, progress=not args.no_progress)
-    if summary.get("finished"):
+    if summary.get("finished") and os.environ.get("RANK", "0") == "0":
         print(f"finished: weights in {run_dir.weights_path}, metrics in {run_dir.metrics_path}")
     return 0
 
