@@ -28,16 +28,20 @@ REFERENCE = {
 }
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
-    """Wall-clock seconds of `repeats` calls of fn after `warmup` untimed ones."""
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float]:
+    """Median seconds of `repeats` calls of fn after `warmup` untimed ones: (wall clock, CPU time of this process).
+
+    The CPU time is what the work costs whatever else runs on the machine: on a shared machine the wall clock
+    grows with the load, the CPU time much less (with one thread it is the single-core cost)."""
     for _ in range(warmup):
         fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0) -> Agent:
@@ -71,8 +75,10 @@ def contexts(n: int, img_size: int, num_actions: int, generator: torch.Generator
 
 
 @torch.inference_mode()
-def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5, repeats: int = 1) -> float:
-    """One step of `play` at batch 1: actor-critic, 3 Euler denoising steps, reward/end. Median ms."""
+def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
+                 repeats: int = 1) -> tuple[float, float]:
+    """One step of `play` at batch 1: actor-critic, 3 Euler denoising steps, reward/end.
+    -> median ms (wall clock, CPU time)."""
     g = torch.Generator().manual_seed(0)
     env = WorldModelEnv(agent, generator=g, precision=precision)
     actor = agent.actor_critic if precision == "float32" else FastActorCritic(agent.actor_critic, torch.bfloat16)
@@ -84,36 +90,35 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
         act = torch.multinomial(logits.softmax(-1), 1, generator=g).squeeze(1)
         env.step(act)
 
-    times = timed(step, steps * repeats, warmup)
-    return 1000 * statistics.median(times)
+    return tuple(1000 * t for t in timed(step, steps * repeats, warmup))
 
 
-def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1) -> float:
-    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does."""
+def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3,
+                                 warmup: int = 1) -> tuple[float, float]:
+    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does.
+    -> (samples per wall-clock second, per CPU second); the same form for the other training figures."""
     from training.optim import ModelOptimizer, OptimConfig
     from training.updates import denoiser_update
 
     batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
                             agent.num_actions)
     opt = ModelOptimizer(agent.denoiser, OptimConfig())
-    times = timed(lambda: denoiser_update(agent, batch, opt), repeats, warmup)
-    return batch_size / statistics.median(times)
+    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt), repeats, warmup))
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
-                                  warmup: int = 1) -> float:
+                                  warmup: int = 1) -> tuple[float, float]:
     """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
     from training.optim import ModelOptimizer, OptimConfig
     from training.updates import rew_end_update
 
     batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions)
     opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
-    times = timed(lambda: rew_end_update(agent, batch, opt), repeats, warmup)
-    return batch_size / statistics.median(times)
+    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt), repeats, warmup))
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
-                                  warmup: int = 1) -> float:
+                                  warmup: int = 1) -> tuple[float, float]:
     """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
     each, reward/end sampled), backward through the actor-critic, one optimizer step."""
     from training.imagination import Imagination, actor_critic_update
@@ -131,8 +136,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     def update():
         _, state[0] = actor_critic_update(agent, imagination, opt, cfg, state[0])
 
-    times = timed(update, repeats, warmup)
-    return num_envs * horizon / statistics.median(times)
+    return tuple(num_envs * horizon / t for t in timed(update, repeats, warmup))
 
 
 def collect_steps_per_s(game: str = "Breakout", num_envs: int = 8, num_steps: int = 2000, repeats: int = 3) -> float:
@@ -188,23 +192,22 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
     report = machine()
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size)
 
+    cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
-        play = {}
+        play, play_cpu = {}, {}
         for precision in PRECISIONS:
             log(f"play step, {precision} ...")
-            play[precision] = round(play_step_ms(agent, precision, steps=10 if quick else 30, warmup=3 if quick else 5,
-                                                 repeats=r), 2)
-        play["default"] = default_precision("cpu")
-        report["play_step_ms"] = play
-    if "denoiser" in include:
-        log("denoiser training ...")
-        report["denoiser_train_samples_per_s"] = round(denoiser_train_samples_per_s(agent, batch_size, repeats=r), 3)
-    if "rew_end" in include:
-        log("reward/end training ...")
-        report["rew_end_train_sequences_per_s"] = round(rew_end_train_sequences_per_s(agent, batch_size, repeats=r), 3)
-    if "imagination" in include:
-        log("actor-critic in imagination ...")
-        report["imagination_transitions_per_s"] = round(imagination_transitions_per_s(agent, batch_size, repeats=r), 3)
+            wall, c = play_step_ms(agent, precision, steps=10 if quick else 30, warmup=3 if quick else 5, repeats=r)
+            play[precision], play_cpu[precision] = round(wall, 2), round(c, 2)
+        play["default"] = play_cpu["default"] = default_precision("cpu")
+        report["play_step_ms"], cpu["play_step_ms"] = play, play_cpu
+    for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
+                          ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
+                          ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
+        if part in include:
+            log(f"{key} ...")
+            wall, c = fn(agent, batch_size, repeats=r)
+            report[key], cpu[key] = round(wall, 3), round(c, 3)
     if "collect" in include:
         log("real env collection ...")
         report["collect_steps_per_s"] = round(collect_steps_per_s(game, num_steps=200 if quick else 2000, repeats=r), 1)
@@ -214,23 +217,26 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
 
 def table(report: dict) -> str:
     """A short text table of the report against the reference's numbers."""
-    rows = [("measurement", "this machine", "reference", "vs reference")]
-    play = report.get("play_step_ms", {})
+    rows = [("measurement", "this machine", "CPU time", "reference", "vs reference")]
+    play, cpu = report.get("play_step_ms", {}), report.get("cpu_time", {})
     ref_ms = REFERENCE["play_step_ms"][0]
     for name, ms in play.items():
         if name == "default":
             continue
         tag = " (play default)" if name == play.get("default") else ""
-        rows.append((f"play step, {name}{tag}", f"{ms:.1f} ms ({1000 / ms:.1f} fps)", f"{ref_ms} ms",
-                     f"{ref_ms / ms:.2f}x"))
+        c = cpu.get("play_step_ms", {}).get(name)
+        rows.append((f"play step, {name}{tag}", f"{ms:.1f} ms ({1000 / ms:.1f} fps)",
+                     f"{c:.1f} ms" if c is not None else "-", f"{ref_ms} ms", f"{ref_ms / ms:.2f}x"))
     for key, (ref, unit, _) in REFERENCE.items():
         if key != "play_step_ms" and key in report:
-            rows.append((key.replace("_", " "), f"{report[key]:.2f} {unit}", f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
+            c = cpu.get(key)
+            rows.append((key.replace("_", " "), f"{report[key]:.2f} {unit}", f"{c:.2f} {unit}" if c else "-",
+                         f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
     if "collect_steps_per_s" in report:
-        rows.append(("collect steps per s", f"{report['collect_steps_per_s']:.0f} steps/s", "-", "-"))
+        rows.append(("collect steps per s", f"{report['collect_steps_per_s']:.0f} steps/s", "-", "-", "-"))
     if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:
-        rows = [r if i == 0 else (*r[:3], "not comparable") for i, r in enumerate(rows)]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows = [r if i == 0 else (*r[:4], "not comparable") for i, r in enumerate(rows)]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     head = (f"{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "

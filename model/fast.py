@@ -82,7 +82,10 @@ class FastActorCritic:
 
 
 class FastRewEnd:
-    """`agent.rew_end` for imagination (no gradient), same signature; outputs and state in float32."""
+    """`agent.rew_end` for imagination (no gradient), same signature; outputs and state in float32.
+
+    The LSTM runs as matmuls on the converted weights (the input projection of all T steps in one), with the
+    gate arithmetic and the state in float32: oneDNN's bfloat16 LSTM re-packs its weights at every call."""
 
     def __init__(self, rew_end: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
         self.module = ConvertedCopy(rew_end, dtype)
@@ -91,10 +94,24 @@ class FastRewEnd:
     @torch.no_grad()
     def __call__(self, obs: Tensor, act: Tensor, next_obs: Tensor, state: tuple[Tensor, Tensor] | None = None):
         m = self.module.get()
-        if state is not None:
-            state = tuple(s.to(self.dtype) for s in state)
-        rew, end, (h, c) = m(obs.to(self.dtype), act, next_obs.to(self.dtype), state)
-        return rew.float(), end.float(), (h.float(), c.float())
+        b, t = act.shape
+        x = torch.cat((obs.flatten(0, 1), next_obs.flatten(0, 1)), dim=1).to(self.dtype).contiguous(memory_format=CL)
+        x = m.encoder(x, m.act_emb(act.reshape(b * t))).reshape(b, t, -1)
+        lstm = m.lstm
+        gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0).float()  # (B, T, 4 H)
+        if state is None:
+            h = c = x.new_zeros(b, lstm.hidden_size, dtype=torch.float32)
+        else:
+            h, c = (s[0].float() for s in state)
+        outputs = []
+        for i in range(t):  # PyTorch's gate order: input, forget, cell, output
+            gates = gates_x[:, i] + F.linear(h.to(self.dtype), lstm.weight_hh_l0).float()
+            g_i, g_f, g_c, g_o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(g_f) * c + torch.sigmoid(g_i) * torch.tanh(g_c)
+            h = torch.sigmoid(g_o) * torch.tanh(c)
+            outputs.append(h)
+        logits = m.head(torch.stack(outputs, dim=1).to(self.dtype)).float()
+        return logits[..., :3], logits[..., 3:], (h[None], c[None])
 
 
 class FastDenoiser:

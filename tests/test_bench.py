@@ -21,6 +21,8 @@ def test_quick_bench_writes_every_figure(tmp_path, capsys):
     assert all(0 < play[k] < 60_000 for k in ("float32", "bfloat16"))
     for key in KEYS[3:7]:
         assert 0 < report[key] < 1e6, key
+    cpu = report["cpu_time"]  # the same figures from CPU time (robust to other work on the machine)
+    assert set(cpu) == {"play_step_ms", *KEYS[3:6]} and cpu["play_step_ms"]["float32"] > 0
     table = capsys.readouterr().out
     assert "play step, float32" in table and "not comparable" in table  # tiny model: no comparison claimed
 
