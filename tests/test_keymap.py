@@ -3,7 +3,8 @@ import pytest
 
 pygame = pytest.importorskip("pygame")
 
-from app.player.keymap import BUTTON_KEYS, Keymap, action_buttons, buttons_from_keys  # noqa: E402
+from app.player.keymap import (  # noqa: E402
+    BUTTON_KEYS, BUTTON_SCANCODES, Keymap, action_buttons, buttons_from_keys)
 from training.atari_env import make_atari_env  # noqa: E402
 from training.games import GAME_NAMES  # noqa: E402
 
@@ -22,12 +23,11 @@ def test_every_minimal_action_has_keys(game):
     assert keymap.num_actions == len(meanings_of(game))
     for i, meaning in enumerate(keymap.meanings):
         buttons = action_buttons(meaning)
-        # pressing the keyboard keys of the action's buttons (first key of each: arrows + space) gives it
+        # pressing the action's buttons gives it: arrows + Space, and WASD + Z by their scancodes
         keys = {BUTTON_KEYS[b][0] for b in buttons}
         assert keymap.action(buttons_from_keys(keys)) == i, (game, meaning)
-        # and the WASD alternative too
-        keys = {BUTTON_KEYS[b][-1] for b in buttons}
-        assert keymap.action(buttons_from_keys(keys)) == i, (game, meaning)
+        scancodes = {BUTTON_SCANCODES[b][-1] for b in buttons}
+        assert keymap.action(buttons_from_keys(set(), scancodes)) == i, (game, meaning)
         assert keymap.combo(i)  # something to show on screen
     assert keymap.action(set()) == keymap.meanings.index("NOOP")
 
@@ -45,9 +45,11 @@ def test_closest_action_when_the_exact_one_does_not_exist():
 def test_summary_and_labels():
     keymap = Keymap(meanings_of("Pong"))
     assert "Space fire" in keymap.summary()
-    assert keymap.combo(keymap.meanings.index("RIGHTFIRE")) == "Right/D + Space"
+    assert keymap.combo(keymap.meanings.index("RIGHTFIRE")) == "Right/D + Space/Z"
     assert keymap.combo(0) == "no key"
     assert buttons_from_keys({pygame.K_z}, {pygame.KSCAN_W}) == {"UP"}  # AZERTY's Z is where W is
+    assert buttons_from_keys({pygame.K_w}, {pygame.KSCAN_Z}) == {"FIRE"}  # and its W where Z is
+    assert buttons_from_keys({pygame.K_SPACE, pygame.K_LEFT}) == {"FIRE", "LEFT"}
     assert buttons_from_keys({pygame.K_q}, {pygame.KSCAN_A}) == {"LEFT"}
     with pytest.raises(ValueError, match="unknown Atari action"):
         Keymap(("NOOP", "JUMP"))

@@ -112,9 +112,15 @@ def test_real_mode_without_weights_has_no_agent():
 
 # ---- the window under the dummy driver ---------------------------------------------------------
 
+# what a US keyboard sends: letters are read by position (scancode), so scripted events carry both
+SCANCODES = {pygame.K_w: pygame.KSCAN_W, pygame.K_a: pygame.KSCAN_A, pygame.K_s: pygame.KSCAN_S,
+             pygame.K_d: pygame.KSCAN_D, pygame.K_z: pygame.KSCAN_Z, pygame.K_SPACE: pygame.KSCAN_SPACE,
+             pygame.K_LEFT: pygame.KSCAN_LEFT, pygame.K_RIGHT: pygame.KSCAN_RIGHT}
+
+
 def key(k, down=True):
     pygame.event.post(pygame.event.Event(pygame.KEYDOWN if down else pygame.KEYUP, key=k, mod=0, unicode="",
-                                         scancode=0))
+                                         scancode=SCANCODES.get(k, 0)))
 
 
 class Script:

@@ -15,13 +15,13 @@ import pygame
 
 BUTTONS = ("UP", "DOWN", "LEFT", "RIGHT", "FIRE")
 
-# Keyboard keys of each button: arrows and WASD for the joystick, Space for fire. WASD is also matched by
-# its physical position (scancode), so it sits under the left hand on AZERTY and other layouts too.
+# Keyboard keys of each button: arrows and Space by the key they are, WASD and Z (fire) by where they are
+# (scancodes), so they sit under the left hand on AZERTY and other layouts too.
 BUTTON_KEYS: dict[str, tuple[int, ...]] = {
-    "UP": (pygame.K_UP, pygame.K_w),
-    "DOWN": (pygame.K_DOWN, pygame.K_s),
-    "LEFT": (pygame.K_LEFT, pygame.K_a),
-    "RIGHT": (pygame.K_RIGHT, pygame.K_d),
+    "UP": (pygame.K_UP,),
+    "DOWN": (pygame.K_DOWN,),
+    "LEFT": (pygame.K_LEFT,),
+    "RIGHT": (pygame.K_RIGHT,),
     "FIRE": (pygame.K_SPACE,),
 }
 BUTTON_SCANCODES: dict[str, tuple[int, ...]] = {
@@ -29,9 +29,9 @@ BUTTON_SCANCODES: dict[str, tuple[int, ...]] = {
     "DOWN": (pygame.KSCAN_DOWN, pygame.KSCAN_S),
     "LEFT": (pygame.KSCAN_LEFT, pygame.KSCAN_A),
     "RIGHT": (pygame.KSCAN_RIGHT, pygame.KSCAN_D),
-    "FIRE": (pygame.KSCAN_SPACE,),
+    "FIRE": (pygame.KSCAN_SPACE, pygame.KSCAN_Z),
 }
-BUTTON_LABELS = {"UP": "Up/W", "DOWN": "Down/S", "LEFT": "Left/A", "RIGHT": "Right/D", "FIRE": "Space"}
+BUTTON_LABELS = {"UP": "Up/W", "DOWN": "Down/S", "LEFT": "Left/A", "RIGHT": "Right/D", "FIRE": "Space/Z"}
 GAMEPAD_DEADZONE = 0.5
 
 
