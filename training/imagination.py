@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Categorical
 
+from model.precision import resolve
 from model.returns import ActorCriticLossConfig, actor_critic_loss
 from model.sampler import SamplerConfig
 from model.world_model_env import WorldModelEnv
@@ -33,10 +34,13 @@ class Imagination:
     """
 
     def __init__(self, agent, sample_context: ContextSampler, num_envs: int, horizon: int,
-                 denoising_steps: int = 3, generator: torch.Generator | None = None) -> None:
+                 denoising_steps: int = 3, generator: torch.Generator | None = None,
+                 precision: str | None = None) -> None:
         self.sample_context = sample_context
         self.num_envs, self.horizon = num_envs, horizon
-        self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator)
+        # precision None: the fast bfloat16 world model where the hardware has it (model.fast), else float32
+        self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
+                                precision=resolve(precision, agent.device))
         self.ep_len = torch.zeros(num_envs, dtype=torch.long)
         self.obs: Tensor | None = None
 

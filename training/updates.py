@@ -8,21 +8,26 @@ from __future__ import annotations
 import torch
 
 from model.batch import Batch
+from model.precision import autocast
 from training.optim import ModelOptimizer
 
 
-def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None) -> dict:
-    """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}."""
+def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
+                    precision: str | None = None) -> dict:
+    """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
+    precision: None (bfloat16 autocast where native, `model.precision`), "float32" or "bfloat16"."""
     agent.denoiser.train()
-    loss = agent.denoiser.loss(batch, generator=generator)
+    with autocast(agent.device, precision):
+        loss = agent.denoiser.loss(batch, generator=generator)
     grad_norm = optimizer.step(loss)
     return {"loss_denoising": loss.item(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
 
-def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer) -> dict:
+def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = None) -> dict:
     """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...}."""
     agent.rew_end.train()
-    loss_rew, loss_end = agent.rew_end.loss_terms(batch)
+    with autocast(agent.device, precision):
+        loss_rew, loss_end = agent.rew_end.loss_terms(batch)
     grad_norm = optimizer.step(loss_rew + loss_end)
     return {"loss_rew": loss_rew.item(), "loss_end": loss_end.item(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
