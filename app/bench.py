@@ -16,6 +16,7 @@ import torch
 
 from model import Agent, Batch
 from model.fast import FastActorCritic, default_precision
+from model.precision import resolve
 from model.presets import PRESETS
 from model.world_model_env import PRECISIONS, WorldModelEnv
 
@@ -93,8 +94,8 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
     return tuple(1000 * t for t in timed(step, steps * repeats, warmup))
 
 
-def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3,
-                                 warmup: int = 1) -> tuple[float, float]:
+def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1,
+                                 precision: str | None = None) -> tuple[float, float]:
     """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does.
     -> (samples per wall-clock second, per CPU second); the same form for the other training figures."""
     from training.optim import ModelOptimizer, OptimConfig
@@ -103,22 +104,22 @@ def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: in
     batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
                             agent.num_actions)
     opt = ModelOptimizer(agent.denoiser, OptimConfig())
-    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt), repeats, warmup))
+    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt, precision=precision), repeats, warmup))
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
-                                  warmup: int = 1) -> tuple[float, float]:
+                                  warmup: int = 1, precision: str | None = None) -> tuple[float, float]:
     """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
     from training.optim import ModelOptimizer, OptimConfig
     from training.updates import rew_end_update
 
     batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions)
     opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
-    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt), repeats, warmup))
+    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt, precision=precision), repeats, warmup))
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
-                                  warmup: int = 1) -> tuple[float, float]:
+                                  warmup: int = 1, precision: str | None = None) -> tuple[float, float]:
     """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
     each, reward/end sampled), backward through the actor-critic, one optimizer step."""
     from training.imagination import Imagination, actor_critic_update
@@ -128,7 +129,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     g = torch.Generator().manual_seed(0)
     size, n_act = agent.config.img_size, agent.num_actions
     imagination = Imagination(agent, lambda n: contexts(n, size, n_act, g), num_envs=num_envs, horizon=horizon,
-                              generator=g)
+                              generator=g, precision=precision)
     opt = ModelOptimizer(agent.actor_critic, OptimConfig(weight_decay=0.0, max_grad_norm=100.0))
     cfg = ImaginationConfig(horizon=horizon)
     state = [None]
@@ -184,13 +185,16 @@ def machine() -> dict:
 
 def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
-              game: str = "Breakout", batch_size: int = 32, log: Callable[[str], None] = lambda s: None) -> dict:
+              game: str = "Breakout", batch_size: int = 32, train_precision: str | None = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
-    measurements (32, the reference's; smaller only for smoke tests)."""
+    measurements (32, the reference's; smaller only for smoke tests). train_precision: of the training
+    measurements (None: what training uses on this device, `model.precision`)."""
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset)
     report = machine()
-    report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size)
+    report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
+                  train_precision=resolve(train_precision, "cpu"))
 
     cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
@@ -206,7 +210,7 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
         if part in include:
             log(f"{key} ...")
-            wall, c = fn(agent, batch_size, repeats=r)
+            wall, c = fn(agent, batch_size, repeats=r, precision=train_precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
     if "collect" in include:
         log("real env collection ...")

@@ -36,6 +36,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help=f"measure only these: {', '.join(PARTS)} (default: all)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
+    p.add_argument("--train-precision", choices=("float32", "bfloat16"), default=None,
+                   help="precision of the training measurements (default: what training uses here, bfloat16 "
+                        "autocast where the CPU/GPU has native bf16)")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     return p
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
                            game=args.game, batch_size=args.batch_size,
+                           train_precision=args.train_precision,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)
