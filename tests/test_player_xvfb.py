@@ -40,7 +40,8 @@ PLAYER_SCRIPT = textwrap.dedent("""
         np.save(out + "/drawn.npy", surface_to_array(screen))
         x, y = Window.from_display_module().position
         w, h = screen.get_size()
-        info = {"driver": pygame.display.get_driver(), "wm": {k: str(v) for k, v in pygame.display.get_wm_info().items()},
+        wm = {k: str(v) for k, v in pygame.display.get_wm_info().items()}
+        info = {"driver": pygame.display.get_driver(), "wm": wm,
                 "x": x, "y": y, "w": w, "h": h, "steps": player.steps}
         json.dump(info, open(out + "/info.json", "w"))
         subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "x11grab",

@@ -35,7 +35,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--denoising-steps", type=int, default=None, metavar="N",
                    help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the model's, 3)")
     p.add_argument("--horizon", type=int, default=0, metavar="N",
-                   help="imagined steps before the dream restarts from real frames (compare: re-syncs); 0: never (default)")
+                   help="imagined steps before the dream restarts from real frames (compare: re-syncs); "
+                        "0: never (default)")
     p.add_argument("--fps", type=float, default=15.0, help="agent steps per second (default 15, as the reference)")
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -138,7 +139,8 @@ def _run_headless(session, args: argparse.Namespace) -> int:
     print(f"{session.game} ({session.mode}, {session.controller}): {result.steps} steps at "
           f"{result.steps_per_s:.1f} steps/s{latency}; episode returns: {returns}")
     if result.video is not None:
-        print(f"recorded {result.video} ({result.steps} frames) and {len(result.episodes_saved)} episode(s) in {episodes}")
+        print(f"recorded {result.video} ({result.steps} frames) and {len(result.episodes_saved)} episode(s) "
+              f"in {episodes}")
     return 0
 
 
