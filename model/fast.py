@@ -81,70 +81,30 @@ class FastActorCritic:
         return logits.float(), value.float(), (h.float(), c.float())
 
 
-class FastRewEnd:
-    """`agent.rew_end` for imagination (no gradient), same signature; outputs and state in float32.
+class _Functional:
+    """Blocks of `model.blocks` evaluated functionally on weights converted to dtype (4-D ones channels-last),
+    converted again when the source module changes. Every AdaGroupNorm's [scale | shift] linear is stacked
+    into one: `conditioning(cond)` gives all of them, for a batch of conditions, in one matmul."""
 
-    The LSTM runs as matmuls on the converted weights (the input projection of all T steps in one), with the
-    gate arithmetic and the state in float32: oneDNN's bfloat16 LSTM re-packs its weights at every call."""
-
-    def __init__(self, rew_end: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
-        self.module = ConvertedCopy(rew_end, dtype)
-        self.dtype = dtype
-
-    @torch.no_grad()
-    def __call__(self, obs: Tensor, act: Tensor, next_obs: Tensor, state: tuple[Tensor, Tensor] | None = None):
-        m = self.module.get()
-        b, t = act.shape
-        x = torch.cat((obs.flatten(0, 1), next_obs.flatten(0, 1)), dim=1).to(self.dtype).contiguous(memory_format=CL)
-        x = m.encoder(x, m.act_emb(act.reshape(b * t))).reshape(b, t, -1)
-        lstm = m.lstm
-        gates_x = F.linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0).float()  # (B, T, 4 H)
-        if state is None:
-            h = c = x.new_zeros(b, lstm.hidden_size, dtype=torch.float32)
-        else:
-            h, c = (s[0].float() for s in state)
-        outputs = []
-        for i in range(t):  # PyTorch's gate order: input, forget, cell, output
-            gates = gates_x[:, i] + F.linear(h.to(self.dtype), lstm.weight_hh_l0).float()
-            g_i, g_f, g_c, g_o = gates.chunk(4, dim=1)
-            c = torch.sigmoid(g_f) * c + torch.sigmoid(g_i) * torch.tanh(g_c)
-            h = torch.sigmoid(g_o) * torch.tanh(c)
-            outputs.append(h)
-        logits = m.head(torch.stack(outputs, dim=1).to(self.dtype)).float()
-        return logits[..., :3], logits[..., 3:], (h[None], c[None])
-
-
-class FastDenoiser:
-    """The denoiser's network evaluated in dtype and channels-last, with the per-frame work done once.
-
-    `context(obs, act, sigmas)` returns an object with the `denoise(x, sigma, obs, act)` of `model.Denoiser`
-    (what `model.sampler.sample_next_obs` calls) for that obs/act and any sigma of the schedule.
-    """
-
-    def __init__(self, denoiser: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
-        self.denoiser, self.dtype = denoiser, dtype
+    def __init__(self, source: nn.Module, root: nn.Module, dtype: torch.dtype) -> None:
+        self.source, self.root, self.dtype = source, root, dtype
         self._key: tuple | None = None
 
     def _sync(self) -> None:
-        key = _fingerprint(self.denoiser)
+        key = _fingerprint(self.source)
         if key != self._key:
             self._convert()
             self._key = key
 
     def _convert(self) -> None:
-        inner, dt = self.denoiser.inner_model, self.dtype
+        dt = self.dtype
         self._w: dict[nn.Module, tuple] = {}
-        for m in inner.modules():
+        for m in self.root.modules():
             if isinstance(m, nn.Conv2d):
                 self._w[m] = (m.weight.detach().to(dt).contiguous(memory_format=CL), m.bias.detach().to(dt))
-            elif isinstance(m, nn.GroupNorm):
-                self._w[m] = (m.weight.detach().to(dt), m.bias.detach().to(dt))
-        n_obs = inner.conv_in.in_channels - self.denoiser.cfg.img_channels
-        w, b = self._w[inner.conv_in]
-        self._conv_in_obs = (w[:, :n_obs].contiguous(memory_format=CL), b)
-        self._conv_in_x = w[:, n_obs:].contiguous(memory_format=CL)
-        # every AdaGroupNorm's [scale | shift] linear stacked into one: one matmul per frame for all of them
-        adas = [m for m in inner.modules() if isinstance(m, AdaGroupNorm)]
+            elif isinstance(m, (nn.GroupNorm, nn.Linear)) and not isinstance(m, AdaGroupNorm):
+                self._w[m] = (m.weight.detach().to(dt), None if m.bias is None else m.bias.detach().to(dt))
+        adas = [m for m in self.root.modules() if isinstance(m, AdaGroupNorm)]
         self._ada_offset, off, ones = {}, 0, []
         for m in adas:
             self._ada_offset[m] = off
@@ -154,24 +114,23 @@ class FastDenoiser:
         self._ada_b = (torch.cat([m.linear.bias.detach() for m in adas]).float()
                        + torch.cat(ones).to(self._ada_w.device))  # folds the "1 +" of x * (1 + scale)
 
-    @torch.no_grad()
-    def context(self, obs: Tensor, act: Tensor, sigmas: Tensor) -> "DenoiserContext":
-        """obs (B, n, 3, H, W) or (B, n*3, H, W) in [-1, 1], act (B, n), sigmas: the schedule (`karras_sigmas`)."""
-        self._sync()
-        return DenoiserContext(self, obs, act, sigmas)
-
-    # the network, functionally, on the converted weights
+    def conditioning(self, cond: Tensor) -> Tensor:
+        """cond (N, cond_dim) -> (N, S): every AdaGroupNorm's [1 + scale | shift], in dtype."""
+        return torch.addmm(self._ada_b, cond.float(), self._ada_w.t()).to(self.dtype)
 
     def conv(self, m: nn.Conv2d, x: Tensor) -> Tensor:
         w, b = self._w[m]
         return F.conv2d(x, w, b, m.stride, m.padding)
+
+    def linear(self, m: nn.Linear, x: Tensor) -> Tensor:
+        return F.linear(x, *self._w[m])
 
     def group_norm(self, m: GroupNorm, x: Tensor) -> Tensor:
         w, b = self._w[m.norm]
         return F.group_norm(x, m.norm.num_groups, w, b, m.norm.eps)
 
     def ada_norm(self, m: AdaGroupNorm, x: Tensor, ss: Tensor) -> Tensor:
-        """ss (B, S): this frame's stacked [1 + scale | shift] of every AdaGroupNorm, in dtype."""
+        """ss (B, S): the `conditioning` of x's samples."""
         off = self._ada_offset[m]
         scale, shift = ss[:, off : off + m.channels], ss[:, off + m.channels : off + 2 * m.channels]
         if x.shape[0] == 1:  # a per-sample affine is a per-channel one: let group_norm apply it
@@ -202,8 +161,77 @@ class FastDenoiser:
             outputs.append(x)
         return x, outputs
 
+
+class FastRewEnd(_Functional):
+    """`agent.rew_end` for imagination (no gradient), same signature; outputs and state in float32.
+
+    The LSTM runs as matmuls (the input projection of all T steps in one), with the gate arithmetic and the
+    state in float32: oneDNN's bfloat16 LSTM re-packs its weights at every call."""
+
+    def __init__(self, rew_end: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__(rew_end, rew_end, dtype)
+
+    def _convert(self) -> None:
+        super()._convert()
+        lstm, dt = self.root.lstm, self.dtype
+        self._lstm_ih = (lstm.weight_ih_l0.detach().to(dt), (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().to(dt))
+        self._lstm_hh = lstm.weight_hh_l0.detach().to(dt)
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor, act: Tensor, next_obs: Tensor, state: tuple[Tensor, Tensor] | None = None):
+        self._sync()
+        m, enc = self.root, self.root.encoder
+        b, t = act.shape
+        x = torch.cat((obs.flatten(0, 1), next_obs.flatten(0, 1)), dim=1).to(self.dtype).contiguous(memory_format=CL)
+        ss = self.conditioning(m.act_emb(act.reshape(b * t)))
+        x = self.conv(enc.conv_in, x)
+        for block, down in zip(enc.blocks, enc.downsamples):
+            x, _ = self.resblocks(block, self.conv(down.conv, x) if isinstance(down, Downsample) else x, ss)
+        x = x.reshape(b, t, -1)
+        gates_x = F.linear(x, *self._lstm_ih).float()  # (B, T, 4 H)
+        if state is None:
+            h = c = x.new_zeros(b, m.lstm.hidden_size, dtype=torch.float32)
+        else:
+            h, c = (s[0].float() for s in state)
+        outputs = []
+        for i in range(t):  # PyTorch's gate order: input, forget, cell, output
+            gates = gates_x[:, i] + F.linear(h.to(self.dtype), self._lstm_hh).float()
+            g_i, g_f, g_c, g_o = gates.chunk(4, dim=1)
+            c = torch.sigmoid(g_f) * c + torch.sigmoid(g_i) * torch.tanh(g_c)
+            h = torch.sigmoid(g_o) * torch.tanh(c)
+            outputs.append(h)
+        x = torch.stack(outputs, dim=1).to(self.dtype)
+        logits = self.linear(m.head[2], F.silu(self.linear(m.head[0], x))).float()
+        return logits[..., :3], logits[..., 3:], (h[None], c[None])
+
+
+class FastDenoiser(_Functional):
+    """The denoiser's network evaluated in dtype and channels-last, with the per-frame work done once.
+
+    `context(obs, act, sigmas)` returns an object with the `denoise(x, sigma, obs, act)` of `model.Denoiser`
+    (what `model.sampler.sample_next_obs` calls) for that obs/act and any sigma of the schedule.
+    """
+
+    def __init__(self, denoiser: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__(denoiser, denoiser.inner_model, dtype)
+        self.denoiser = denoiser
+
+    def _convert(self) -> None:
+        super()._convert()
+        inner = self.root
+        n_obs = inner.conv_in.in_channels - self.denoiser.cfg.img_channels
+        w, b = self._w[inner.conv_in]
+        self._conv_in_obs = (w[:, :n_obs].contiguous(memory_format=CL), b)
+        self._conv_in_x = w[:, n_obs:].contiguous(memory_format=CL)
+
+    @torch.no_grad()
+    def context(self, obs: Tensor, act: Tensor, sigmas: Tensor) -> "DenoiserContext":
+        """obs (B, n, 3, H, W) or (B, n*3, H, W) in [-1, 1], act (B, n), sigmas: the schedule (`karras_sigmas`)."""
+        self._sync()
+        return DenoiserContext(self, obs, act, sigmas)
+
     def unet(self, x: Tensor, ss: Tensor) -> Tensor:
-        u = self.denoiser.inner_model.unet
+        u = self.root.unet
         h, w = x.shape[-2:]
         mult = 2**u.num_down
         if -h % mult or -w % mult:
@@ -243,8 +271,7 @@ class DenoiserContext:
         noise_emb = inner.noise_emb(cs.c_noise)  # (N, D)
         act_emb = inner.act_emb(act.to(obs.device))  # (B, D)
         cond = inner.cond_proj((noise_emb[:, None] + act_emb[None]).flatten(0, 1))  # (N * B, D)
-        ss = torch.addmm(fast._ada_b, cond, fast._ada_w.t())
-        self.ss = ss.to(dt).reshape(len(levels), b, -1)
+        self.ss = fast.conditioning(cond).reshape(len(levels), b, -1)
 
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor | float, obs: Tensor | None = None, act: Tensor | None = None) -> Tensor:
