@@ -171,7 +171,7 @@ def test_window_plays_each_mode_with_scripted_keys(agent, mode, tmp_path):
         (("frames", 250), press(pygame.K_ESCAPE)),
     )
     s = session(agent, mode, "human")
-    player = Player(s, WindowOptions(fps=50, ui_hz=200, size=128, out_dir=tmp_path, max_frames=5000,
+    player = Player(s, WindowOptions(end_pause_s=0, fps=50, ui_hz=200, size=128, out_dir=tmp_path, max_frames=5000,
                                      on_frame=script)).run()
     assert script.done and not player.running
     assert player.frames >= 250 and player.steps >= 30
@@ -206,7 +206,7 @@ def test_window_live_controls(agent, tmp_path):
         (("steps", 2), press(pygame.K_ESCAPE)),
     )
     s = session(agent, "imagine", "random", horizon=0)
-    player = Player(s, WindowOptions(fps=100, ui_hz=200, size=128, out_dir=tmp_path, max_frames=5000,
+    player = Player(s, WindowOptions(end_pause_s=0, fps=100, ui_hz=200, size=128, out_dir=tmp_path, max_frames=5000,
                                      on_frame=script)).run()
     assert script.done
     assert script.fired[2][1] - script.fired[1][1] == 1  # exactly one step while paused ('n')
@@ -237,7 +237,7 @@ def test_human_tap_between_steps_is_not_lost(agent):
             player.status.paused = False
         taps.append(player.snapshot.action_name)
 
-    Player(s, WindowOptions(fps=30, ui_hz=200, size=64, max_frames=30, on_frame=on_frame)).run()
+    Player(s, WindowOptions(end_pause_s=0, fps=30, ui_hz=200, size=64, max_frames=30, on_frame=on_frame)).run()
     assert "FIRE" in taps
     s.close()
 
@@ -339,7 +339,7 @@ def test_window_holds_the_target_rate(agent):
 
     import time
     t0 = time.monotonic()
-    player = Player(s, WindowOptions(fps=20, size=64, max_steps=60, on_frame=on_frame)).run()
+    player = Player(s, WindowOptions(end_pause_s=0, fps=20, size=64, max_steps=60, on_frame=on_frame)).run()
     elapsed = time.monotonic() - t0
     assert player.steps == 60
     assert 0.7 * 20 <= 60 / elapsed <= 1.15 * 20

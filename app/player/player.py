@@ -40,6 +40,7 @@ class WindowOptions:
     max_frames: int | None = None  # stop after this many window frames (tests)
     on_frame: Callable[[int, "Player"], None] | None = None  # called each frame before reading events (tests)
     ui_hz: float = 60.0
+    end_pause_s: float = 0.75  # the last frame of an episode stays this long before the next game starts
 
 
 def _init_display() -> None:
@@ -214,6 +215,8 @@ class Player:
                 self._step_times.append(time.monotonic())
             if snap.message:
                 self.flash(snap.message)
+            if snap.ended:  # let the player see how it ended
+                self._next_step = max(self._next_step, time.monotonic() + self.options.end_pause_s)
             if self.episodes is not None:
                 self.episodes.add(snap)
             self.snapshot = snap
