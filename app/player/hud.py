@@ -130,15 +130,16 @@ class Hud:
             fps_text = f"{status.fps_reached:.1f} / {status.fps_target:g}"
             fps_color = GREEN if status.fps_reached >= 0.9 * status.fps_target else ACCENT
         denoise = f"{snap.denoising_steps} steps" if snap.denoising_steps and snap.mode != "real" else "-"
-        if denoise != "-" and snap.precision == "bfloat16":
-            denoise += ", bf16"
+        latency = "-" if snap.latency_ms is None else f"{snap.latency_ms:.0f} ms"
+        if snap.latency_ms is not None and snap.precision == "bfloat16":
+            latency += " bf16"
         cols = [
             [("Game", snap.game, FG), ("Mode", snap.mode, ACCENT), ("Control", snap.controller, FG),
              ("Step", str(snap.t), FG)],
             [("Reward", _fmt(snap.rew, "+g"), FG), ("Return", _fmt(snap.ret, "g"), FG),
              ("Action", snap.action_name, FG), ("Value", _fmt(snap.value, ".2f"), FG)],
             [("FPS", fps_text, fps_color),
-             ("Model", _fmt(snap.latency_ms, ".0f") + (" ms" if snap.latency_ms is not None else ""), FG),
+             ("Model", latency, FG),
              ("Denoise", denoise, FG),
              ("Entropy", _fmt(snap.entropy_bits, ".2f") + (" bits" if snap.entropy_bits is not None else ""), FG)],
             [("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG),

@@ -251,6 +251,7 @@ class Player:
         self._worker = SessionWorker(self.session)
         period, frame_period = 1.0 / opts.fps, 1.0 / max(opts.ui_hz, 2 * opts.fps)
         redraw_at = 0.0
+        self._next_step = time.monotonic()
         try:
             if opts.record is not None:
                 self.start_recording(opts.record)
