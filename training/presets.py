@@ -123,7 +123,7 @@ def tiny() -> TrainConfig:
 def catch() -> TrainConfig:
     """The toy game Catch (training.toy_env): a small model learns to catch the ball in a few CPU minutes.
 
-    Scaled to the game: 3-step episodes, so short imagined rollouts and reward/end sequences; deterministic
+    Scaled to the game: 4-step episodes, so short imagined rollouts and reward/end sequences; deterministic
     frames, so one denoising step; a short warm-up and higher learning rates, since there are only a few
     hundred updates. Uniform episode sampling: the random initial data covers the game well.
     """
@@ -131,7 +131,7 @@ def catch() -> TrainConfig:
         return OptimConfig(lr=lr, weight_decay=wd, max_grad_norm=clip, warmup_steps=10)
 
     return TrainConfig(
-        model="catch", total_real_steps=1_200, initial_steps_min=600, initial_steps_max=600,
+        model="catch", total_real_steps=1_200, initial_steps_min=800, initial_steps_max=800,
         initial_min_rare_rewards=0, collect_steps_per_epoch=100, num_final_epochs=0, epsilon=0.0,
         eval_every=3, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
         denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,

@@ -1,7 +1,10 @@
 """Catch: a tiny image-based game for tests, shaped like the Atari training env (64x64x3 uint8 frames).
 
 A ball falls one cell per step down a 4x4 grid; the paddle on the bottom row moves left, right or stays.
-When the ball reaches the bottom row the episode ends with +1 if the paddle is under it, else -1.
+When the ball reaches the bottom row the reward is +1 if the paddle is under it, else -1, and the episode
+ends one step later (the landing stays on screen for a step). That extra step matters to the world model:
+as the reference, the denoiser never trains on the transition INTO an episode's final frame, so the
+rewarded landing must not be that transition.
 A random policy scores about -0.5; a perfect one +1. It learns in CPU minutes, so the full loop (world
 model + agent trained in imagination) can be tested honestly in CI.
 """
@@ -44,10 +47,12 @@ class CatchEnv(gym.Env):
             raise ValueError(f"invalid action {action!r} for Catch (0 NOOP, 1 LEFT, 2 RIGHT)")
         move = (0, -1, 1)[int(action)]
         self.paddle_col = min(GRID - 1, max(0, self.paddle_col + move))
+        if self.ball_row == GRID - 1:  # the step after the landing: the episode ends, no reward
+            return self._frame(), 0.0, True, False, {}
         self.ball_row += 1
-        terminated = self.ball_row == GRID - 1
-        reward = (1.0 if self.ball_col == self.paddle_col else -1.0) if terminated else 0.0
-        return self._frame(), reward, terminated, False, {}
+        landed = self.ball_row == GRID - 1
+        reward = (1.0 if self.ball_col == self.paddle_col else -1.0) if landed else 0.0
+        return self._frame(), reward, False, False, {}
 
     def render(self) -> np.ndarray:
         return self._frame()
