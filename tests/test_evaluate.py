@@ -70,3 +70,10 @@ def test_cli_weights(agent, tmp_path, capsys):
 def test_cli_unknown_game(capsys):
     assert main(["eval", "--game", "Brekout", "--episodes", "1"]) == 2
     assert "Breakout" in capsys.readouterr().err  # the close match is named
+
+
+def test_toy_game_has_no_human_normalized_score():
+    torch.manual_seed(0)
+    result = evaluate(Agent(tiny(3)), "catch", episodes=3, num_envs=2)
+    assert result["game"] == "Catch" and result["hns"] is None
+    assert all(r in (-1.0, 1.0) for r in result["returns"])  # one catch or miss per game

@@ -127,3 +127,18 @@ def test_fast_path_is_compared_with_float32(agent, real):
     result = measure_fidelity(agent, "Breakout", FidelityConfig(horizon=2, contexts=1, max_warmup=0,
                                                                 denoising_steps=1, precision="bfloat16"))
     assert len(result["vs_float32"]["psnr"]) == 2 and result["vs_float32"]["mean_psnr"] > 0
+
+
+def test_short_episodes_use_padded_contexts():
+    """Catch lasts 7 steps: contexts reach back before the episode start, padded as training pads them."""
+    torch.manual_seed(0)
+    catch_agent = Agent(tiny(3)).eval()
+    cfg = FidelityConfig(horizon=10, contexts=4, max_warmup=3)
+    real = record_real(catch_agent, "catch", cfg)
+    assert int(real.pad.max()) > 0 and int(real.valid.sum(1).max()) <= 7
+    obs_ctx, act_ctx = real.context()
+    for n, pad in enumerate(real.pad.tolist()):
+        assert bool((obs_ctx[n, :pad] == 0).all()) and bool((act_ctx[n, :pad] == 0).all())
+        assert bool(real.end[n, int(real.valid[n].sum()) - 1])  # every trajectory runs into the game's end
+    result = measure_fidelity(catch_agent, "Catch", cfg)
+    assert result["game"] == "Catch" and result["end_steps"] == 4

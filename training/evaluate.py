@@ -14,8 +14,21 @@ from tqdm import tqdm
 
 from model.pixels import to_float
 from training.aggregate import human_normalized
-from training.atari_env import make_atari_env
-from training.games import resolve_game
+from training.atari_env import make_env
+from training.games import is_atari_game, resolve_game
+from training.toy_env import toy_env_id
+
+
+def game_name(game: str) -> str:
+    """Canonical name: one of the 26 Atari 100k games, a toy game ("Catch"), else the gymnasium id as given."""
+    if toy_env_id(game):
+        return "Catch"
+    return resolve_game(game) if is_atari_game(game) or "/" not in game else game
+
+
+def make_game_env(game: str, train: bool):
+    """The env `dreamarcade train` plays for `game`: the Atari 100k protocol env, the toy game, or a gymnasium id."""
+    return make_env(toy_env_id(game) or game, train=train)
 
 
 @torch.no_grad()
@@ -24,14 +37,14 @@ def evaluate(agent, game: str, episodes: int = 100, seed: int = 0, num_envs: int
     """Play `episodes` test episodes of `game` with `agent.actor_critic` -> JSON-safe results.
 
     Returns {"game", "episodes", "seed", "returns", "lengths", "truncated", "mean_return", "std_return",
-    "hns"}, where hns is the human-normalized score of the mean return. `max_episode_steps` cuts episodes
-    short (for quick checks; the protocol has no such cut). Raises ValueError if the agent's number of
-    actions is not the game's.
+    "hns"}, where hns is the human-normalized score of the mean return (None for a non-Atari game).
+    `max_episode_steps` cuts episodes short (for quick checks; the protocol has no such cut). Raises ValueError
+    if the agent's number of actions is not the game's.
     """
-    game = resolve_game(game)
+    game = game_name(game)
     if episodes < 1 or num_envs < 1:
         raise ValueError("episodes and num_envs must be at least 1")
-    envs = [make_atari_env(game, train=False) for _ in range(min(num_envs, episodes))]
+    envs = [make_game_env(game, train=False) for _ in range(min(num_envs, episodes))]
     num_actions = int(envs[0].action_space.n)
     if agent.num_actions != num_actions:
         raise ValueError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
@@ -96,7 +109,7 @@ def evaluate(agent, game: str, episodes: int = 100, seed: int = 0, num_envs: int
         "truncated": int(truncated.sum()),
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
-        "hns": float(human_normalized(game, returns.mean())),
+        "hns": float(human_normalized(game, returns.mean())) if is_atari_game(game) else None,
     }
 
 
@@ -105,7 +118,7 @@ def evaluate_weights(source: str | None, game: str, episodes: int = 100, seed: i
     """Load weights (any `--weights` source) for `game` and evaluate them; the result names the source."""
     from weights import load_agent
 
-    game = resolve_game(game)
+    game = game_name(game)
     agent = load_agent(source, game=game, device=device)
     result = evaluate(agent, game, episodes=episodes, seed=seed, num_envs=num_envs, device=device,
                       max_episode_steps=max_episode_steps, progress=progress)

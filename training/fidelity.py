@@ -16,8 +16,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
-from training.atari_env import make_atari_env
-from training.games import resolve_game
+from training.evaluate import game_name, make_game_env
 
 CONTEXT = 4  # frames of context the denoiser is conditioned on
 MAX_PSNR = 60.0  # identical frames: PSNR is infinite, counted as 60 dB so means stay finite
@@ -79,13 +78,23 @@ def ssim(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Rollouts:
     """N trajectories: obs uint8 (N, 4 + H, 3, h, w), act long (N, 4 + H) (act[:, t] taken at obs[:, t]),
-    rew float (N, H) and end bool (N, H) of the H steps after the context, valid bool (N, H)."""
+    rew float (N, H) and end bool (N, H) of the H steps after the context, valid bool (N, H), and pad long
+    (N,): how many context frames come before the episode start (padding, as the segment sampler's)."""
 
     obs: torch.Tensor
     act: torch.Tensor
     rew: torch.Tensor
     end: torch.Tensor
     valid: torch.Tensor
+    pad: torch.Tensor
+
+    def context(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> obs (N, 4, 3, h, w) float in [-1, 1], act (N, 4) long, padding as training sees it: 0 and 0."""
+        obs, act = to_float(self.obs[:, :CONTEXT]), self.act[:, :CONTEXT].clone()
+        padded = torch.arange(CONTEXT) < self.pad[:, None]  # (N, 4)
+        obs[padded] = 0.0  # mid-gray, as training.segments pads
+        act[padded] = 0
+        return obs, act
 
 
 @torch.no_grad()
@@ -95,7 +104,7 @@ def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
     size = agent.config.img_size
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    env = make_atari_env(game, train=True)
+    env = make_game_env(game, train=True)
     obs = torch.zeros(cfg.contexts, steps, 3, size, size, dtype=torch.uint8)
     act = torch.zeros(cfg.contexts, steps, dtype=torch.long)
     rew = torch.zeros(cfg.contexts, cfg.horizon)
@@ -109,15 +118,19 @@ def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
         return int(torch.multinomial(torch.softmax(logits[0].float().cpu(), -1), 1, generator=gen)), state
 
     frame_of = lambda x: torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
+    pad = torch.zeros(cfg.contexts, dtype=torch.long)
     resume = False  # True after a life loss: the next reset() goes on with the same game
     for n in range(cfg.contexts):
-        for attempt in range(100):  # an episode that ends before the context is complete: go on from there
+        for attempt in range(20):
             frame, _ = env.reset() if resume else env.reset(seed=cfg.seed * 10_007 + 100 * n + attempt)
             resume, complete = False, True
-            warmup = int(rng.integers(0, cfg.max_warmup + 1))
+            # The context's last frame is the one `warmup` steps after the start; earlier context frames before
+            # the start are padding. If the episode ends first, retry with a shorter warmup (0 always works).
+            warmup = int(rng.integers(0, (cfg.max_warmup >> attempt) + 1))
+            pad[n] = max(0, CONTEXT - 1 - warmup)
             state = None  # the actor's memory starts empty in each episode, as the reference
-            for t in range(warmup + steps):
-                i = t - warmup  # index in the recorded trajectory
+            for t in range(warmup + cfg.horizon + 1):
+                i = t - warmup + CONTEXT - 1  # index in the recorded trajectory
                 a, state = policy(frame_of(frame), state)
                 if i >= 0:
                     obs[n, i], act[n, i] = frame_of(frame), a
@@ -136,9 +149,9 @@ def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
             if complete:
                 break
         else:
-            raise RuntimeError(f"{game}: could not record a trajectory with {CONTEXT} context frames")
+            raise RuntimeError(f"{game}: could not record a trajectory")
     env.close()
-    return Rollouts(obs, act, rew, end, valid)
+    return Rollouts(obs, act, rew, end, valid, pad)
 
 
 def _device(agent) -> torch.device:
@@ -161,7 +174,8 @@ def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
         sampler = replace(sampler, num_steps_denoising=cfg.denoising_steps)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # the sampler's noise and the sampled rew/end
     wm_env = WorldModelEnv(agent, sampler=sampler, generator=generator, precision=cfg.precision)
-    wm_env.reset(to_float(real.obs[:, :CONTEXT]).to(device), real.act[:, :CONTEXT].to(device))
+    obs_ctx, act_ctx = real.context()
+    wm_env.reset(obs_ctx.to(device), act_ctx.to(device))
     frames, rews, ends = [], [], []
     for t in range(cfg.horizon):
         next_obs, rew, end, _ = wm_env.step(real.act[:, CONTEXT - 1 + t].to(device))
@@ -169,7 +183,7 @@ def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
         rews.append(rew.float().cpu())
         ends.append(end.bool().cpu())
     obs = torch.cat([real.obs[:, :CONTEXT], torch.stack(frames, 1)], dim=1)
-    return Rollouts(obs, real.act, torch.stack(rews, 1), torch.stack(ends, 1), real.valid)
+    return Rollouts(obs, real.act, torch.stack(rews, 1), torch.stack(ends, 1), real.valid, real.pad)
 
 
 def compare(real: Rollouts, fake: Rollouts) -> dict:
@@ -220,10 +234,10 @@ def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 1
 
 def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), out_dir: str | Path | None = None) -> dict:
     """Record real trajectories, imagine them, compare -> JSON-safe dict; writes `strip.png` into out_dir."""
-    game = resolve_game(game)
+    game = game_name(game)
     if cfg.policy not in ("agent", "random"):
         raise ValueError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
-    probe = make_atari_env(game, train=False)
+    probe = make_game_env(game, train=False)
     num_actions = int(probe.action_space.n)
     probe.close()
     if agent.num_actions != num_actions:
@@ -234,7 +248,7 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
     result = {"game": game, **asdict(cfg), **compare(real, fake)}
     if cfg.precision != "float32":  # a faster path must keep the frames: compare it with the float32 path too
         exact = imagine(agent, real, replace(cfg, precision="float32"))
-        versus = compare(Rollouts(exact.obs, exact.act, exact.rew, exact.end, real.valid), fake)
+        versus = compare(Rollouts(exact.obs, exact.act, exact.rew, exact.end, real.valid, real.pad), fake)
         result["vs_float32"] = {k: versus[k] for k in ("psnr", "ssim", "mean_psnr", "mean_ssim")}
     if out_dir is not None:
         import imageio.v3 as iio
@@ -278,6 +292,6 @@ def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConf
     """Load weights (any `--weights` source) for `game` and measure their fidelity."""
     from weights import load_agent
 
-    game = resolve_game(game)
+    game = game_name(game)
     agent = load_agent(source, game=game, device=device)
     return {"weights": source or "default", **measure_fidelity(agent, game, cfg, out_dir)}

@@ -143,7 +143,7 @@ def _run_episodes(args: argparse.Namespace) -> int:
     print()
     print(_table(["game", "episodes", "mean return", "std", "HNS"],
                  [[result["game"], str(result["episodes"]), f"{result['mean_return']:.1f}",
-                   f"{result['std_return']:.1f}", f"{result['hns']:.3f}"]]))
+                   f"{result['std_return']:.1f}", "n/a" if result["hns"] is None else f"{result['hns']:.3f}"]]))
     if result["truncated"]:
         cause = "--max-steps" if args.max_steps else "ALE's 108,000-frame cap"
         print(f"note: {result['truncated']} episode(s) were cut short by {cause}")
