@@ -162,8 +162,10 @@ def _run_fidelity(args: argparse.Namespace) -> int:
     result = measure_fidelity_of_weights(args.weights, args.game, cfg, out_dir=args.out, device=args.device)
     steps = result["horizon"]
     marks = sorted({1, min(5, steps), min(10, steps), min(25, steps), steps})
-    rows = [[str(t), f"{result['psnr'][t - 1]:.2f}", f"{result['ssim'][t - 1]:.3f}"] for t in marks]
-    print(_table(["step", "PSNR (dB)", "SSIM"], rows))
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # "-": every real episode had ended
+    rows = [[str(t), fmt(result["psnr"][t - 1], ".2f"), fmt(result["ssim"][t - 1], ".3f"),
+             fmt(result["copy_last_psnr"][t - 1], ".2f"), str(result["valid_per_step"][t - 1])] for t in marks]
+    print(_table(["step", "PSNR (dB)", "SSIM", "last-frame PSNR", "rollouts"], rows))
     print()
     print(_table(["game", "mean PSNR", "mean SSIM", "reward acc.", "end acc."],
                  [[result["game"], f"{result['mean_psnr']:.2f}", f"{result['mean_ssim']:.3f}",
