@@ -123,7 +123,7 @@ def tiny() -> TrainConfig:
 def catch() -> TrainConfig:
     """The toy game Catch (training.toy_env): a small model learns to catch the ball in a few CPU minutes.
 
-    Scaled to the game: 4-step episodes, so short imagined rollouts and reward/end sequences; deterministic
+    Scaled to the game: 7-step episodes, so short imagined rollouts and reward/end sequences; deterministic
     frames, so one denoising step; a short warm-up and higher learning rates, since there are only a few
     hundred updates. Uniform episode sampling: the random initial data covers the game well.
     """
@@ -137,10 +137,10 @@ def catch() -> TrainConfig:
         denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
                                seq_length=5),
         rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=150, steps_per_epoch=20,
-                              seq_length=4),
-        actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=40, steps_per_epoch=25,
+                              seq_length=5),
+        actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=80, steps_per_epoch=40,
                                    seq_length=4),
-        imagination=ImaginationConfig(horizon=4, gamma=0.9, lam=0.9, weight_entropy_loss=0.01, denoising_steps=1),
+        imagination=ImaginationConfig(horizon=6, gamma=0.95, lam=0.9, denoising_steps=1),
     )
 
 
