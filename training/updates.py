@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from model.batch import Batch
-from model.precision import autocast
+from model.precision import autocast, channels_last_
 from training.optim import ModelOptimizer
 
 
@@ -16,7 +16,7 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
                     precision: str | None = None) -> dict:
     """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
     precision: None (bfloat16 autocast where native, `model.precision`), "float32" or "bfloat16"."""
-    agent.denoiser.train()
+    channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
     grad_norm = optimizer.step(loss)
@@ -25,7 +25,7 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
 
 def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = None) -> dict:
     """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...}."""
-    agent.rew_end.train()
+    channels_last_(agent.rew_end).train()
     with autocast(agent.device, precision):
         loss_rew, loss_end = agent.rew_end.loss_terms(batch)
     grad_norm = optimizer.step(loss_rew + loss_end)
