@@ -30,6 +30,7 @@ def random_policy_return(episodes: int) -> float:
     return float(np.mean(stats.returns[:episodes]))
 
 
+@pytest.mark.timeout(1800)  # a few CPU minutes on an idle machine; far more on a shared one
 def test_catch_is_learned_in_imagination(tmp_path):
     cfg = dataclasses.replace(get_preset("catch"), game="Catch", seed=0)
     summary = train(cfg, tmp_path / "run", progress=False)

@@ -136,7 +136,7 @@ def catch() -> TrainConfig:
         eval_every=3, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
         denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
                                seq_length=5),
-        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=150, steps_per_epoch=20,
+        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
                               seq_length=5),
         actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=80, steps_per_epoch=40,
                                    seq_length=4),
