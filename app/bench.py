@@ -185,11 +185,11 @@ def machine() -> dict:
 
 def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
-              game: str = "Breakout", batch_size: int = 32, train_precision: str | None = None,
+              game: str = "Breakout", batch_size: int = 32, train_precision: str = "float32",
               log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
     measurements (32, the reference's; smaller only for smoke tests). train_precision: of the training
-    measurements (None: what training uses on this device, `model.precision`)."""
+    measurements (float32, what training uses by default; bfloat16 the opt-in autocast)."""
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset)
     report = machine()

@@ -13,9 +13,10 @@ from training.optim import ModelOptimizer
 
 
 def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
-                    precision: str | None = None) -> dict:
+                    precision: str | None = "float32") -> dict:
     """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
-    precision: None (bfloat16 autocast where native, `model.precision`), "float32" or "bfloat16"."""
+    precision: "float32" (default), "bfloat16" (autocast, ~2x faster on bf16 CPUs) or None (bf16 where native).
+    float32 stays the default until the Catch learning test passes with bfloat16 (it failed once, cause unknown)."""
     channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
@@ -23,7 +24,7 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
     return {"loss_denoising": loss.item(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
 
-def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = None) -> dict:
+def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = "float32") -> dict:
     """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...}."""
     channels_last_(agent.rew_end).train()
     with autocast(agent.device, precision):
