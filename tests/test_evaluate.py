@@ -12,13 +12,7 @@ from model.presets import tiny
 from training.evaluate import evaluate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batch-1 networks: one thread avoids OpenMP spin-waits when the CPU is shared (tens of times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from model.world_model_env import WorldModelEnv
 SIGMAS = karras_sigmas(3, 2e-3, 5.0, 7.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread avoids OpenMP spin-waits when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

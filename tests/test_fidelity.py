@@ -43,13 +43,7 @@ def test_metric_identities():
     assert psnr(x, y).item() == pytest.approx(10 * np.log10(255 ** 2 / 100 ** 2), rel=1e-5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batch-1 networks: one thread avoids OpenMP spin-waits when the CPU is shared (tens of times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

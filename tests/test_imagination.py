@@ -19,13 +19,7 @@ from training.presets import ImaginationConfig
 A = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread avoids OpenMP spin-waits when the CPU is shared (tens of times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from training.loop import train
 from training.presets import get_preset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks: one thread avoids OpenMP spin-waits when the CPU is shared (tens of times faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_policy_return(episodes: int) -> float:

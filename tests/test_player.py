@@ -25,13 +25,7 @@ from model.presets import tiny  # noqa: E402
 GAME = "Breakout"  # 4 actions: NOOP FIRE RIGHT LEFT
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models are fastest on one thread, and other tests share the CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
