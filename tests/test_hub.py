@@ -120,7 +120,7 @@ def test_diamond_download_then_offline_from_cache(server, diamond_files, tmp_pat
     assert len(server.requests) == requests
     games = cli(env, "games")
     assert games.returncode == 0 and any(
-        line.split()[:3] == ["Breakout", "4", "diamond"] and "cached" in line for line in games.stdout.splitlines())
+        line.split()[:2] == ["Breakout", "4"] and "diamond (cached)" in line for line in games.stdout.splitlines())
 
 
 def test_no_network_and_no_cache_fails_fast_and_says_what_to_do(server, tmp_path):

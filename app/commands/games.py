@@ -17,15 +17,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def weights_origin(game: str) -> str:
-    """'shipped', 'diamond (cached)' or 'diamond (download)', without network."""
+    """Where `play --game GAME` takes weights from, without network: 'shipped' (then, after a comma, what
+    `--weights diamond` would do), 'diamond (cached)' or 'diamond (download)'."""
     from weights import hub
     from weights.sources import shipped_weights
 
-    if shipped_weights(game) is not None:
-        return "shipped"
-    if hub.cached_file(hub.DIAMOND_REPO, hub.diamond_filename(game), hub.DIAMOND_REVISION) is not None:
-        return "diamond (cached)"
-    return "diamond (download)"
+    cached = hub.cached_file(hub.DIAMOND_REPO, hub.diamond_filename(game), hub.DIAMOND_REVISION) is not None
+    diamond = "diamond (cached)" if cached else "diamond (download)"
+    return f"shipped, {diamond}" if shipped_weights(game) is not None else diamond
 
 
 def run(args: argparse.Namespace) -> int:
