@@ -23,15 +23,15 @@ Any folder of such files (any names, searched recursively) opens as a static dat
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from weights.atomic import atomic_write, fsync_dir
 
 _NAME = re.compile(r"^(\d+)\.npz$")
 
@@ -88,19 +88,8 @@ def validate(ep: Episode) -> None:
 def save_episode(ep: Episode, path: str | Path, sync_dir: bool = True) -> None:
     """Writes `ep` to `path` atomically: temporary file in the same folder, fsync, rename, then (unless
     sync_dir=False, for a caller that syncs the folder once after many writes) fsync of the folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{f.name: getattr(ep, f.name) for f in fields(Episode)})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if sync_dir:
-        _fsync_dir(path.parent)
+    arrays = {field.name: getattr(ep, field.name) for field in fields(Episode)}
+    atomic_write(path, lambda file: np.savez(file, **arrays), sync_dir)
 
 
 def load_episode(path: str | Path) -> Episode:
@@ -140,19 +129,6 @@ def read_length(path: str | Path) -> int:
     if obs_dtype != np.uint8 or t <= 0 or obs_shape[1] != 3 or bad or shapes["final_obs"][0] != obs_shape[1:]:
         raise ValueError(f"corrupt episode file {path}: inconsistent shapes {shapes}")
     return t
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class EpisodeStore:
@@ -290,7 +266,7 @@ class EpisodeStore:
 
     def sync(self) -> None:
         """fsync of the folder, so that renamed-in episode files survive a power loss."""
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def returns(self) -> np.ndarray:
         """(num_episodes,) raw returns (loads every episode)."""

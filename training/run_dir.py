@@ -22,15 +22,7 @@ from pathlib import Path
 import torch
 
 from training.tensorboard_log import ScalarWriter
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+from weights.atomic import atomic_write
 
 
 class RunDir:
@@ -50,7 +42,7 @@ class RunDir:
 
     # config
     def write_config(self, config: dict) -> None:
-        _atomic_write_bytes(self.config_path, lambda f: f.write(json.dumps(config, indent=2).encode()))
+        atomic_write(self.config_path, lambda f: f.write(json.dumps(config, indent=2).encode()))
 
     def read_config(self) -> dict:
         try:
@@ -117,7 +109,7 @@ class RunDir:
 
     # checkpoints
     def save_checkpoint(self, state: dict) -> None:
-        _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
+        atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_path.exists():
@@ -135,7 +127,7 @@ class RunDir:
 
     # end of run
     def mark_finished(self, summary: dict) -> None:
-        _atomic_write_bytes(self.finished_path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        atomic_write(self.finished_path, lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
     @property
     def is_finished(self) -> bool:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from weights.atomic import atomic_write
 
 FORMAT_NAME = "dreamarcade-agent"
 FORMAT_VERSION = 1
@@ -79,31 +80,8 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
                 raise ValueError(f"{key} has values outside the {dtype} range; save it as bfloat16 or float32")
             value = half
         tensors[key] = value.contiguous().clone()  # clone: safetensors refuses shared storage
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, file)
-        _fsync_dir(file.parent)  # the rename itself survives a power cut
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(file, lambda f: f.write(save(tensors, metadata=header)))
     return file
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
