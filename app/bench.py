@@ -29,23 +29,29 @@ REFERENCE = {
 }
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int) -> tuple[float, float]:
+def timed(fn: Callable[[], object], repeats: int, warmup: int,
+          device: torch.device | str = "cpu") -> tuple[float, float]:
     """Median seconds of `repeats` calls of fn after `warmup` untimed ones: (wall clock, CPU time of this process).
 
     The CPU time is what the work costs whatever else runs on the machine: on a shared machine the wall clock
-    grows with the load, the CPU time much less (with one thread it is the single-core cost)."""
+    grows with the load, the CPU time much less (with one thread it is the single-core cost). On a GPU the
+    clock stops only once the device has finished the queued work."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     wall, cpu = [], []
     for _ in range(repeats):
+        sync()
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
+        sync()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return statistics.median(wall), statistics.median(cpu)
 
 
-def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0) -> Agent:
+def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0,
+               device: torch.device | str = "cpu") -> Agent:
     """Random weights, with the zero-initialised output layers filled so that nothing is trivially zero."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -55,7 +61,7 @@ def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0) -
         for p in agent.parameters():
             if p.ndim > 1 and not p.any():
                 p.normal_(0, 0.02)
-    return agent.eval()
+    return agent.to(device).eval()
 
 
 def synthetic_batch(b: int, t: int, img_size: int, num_actions: int, seed: int = 0) -> Batch:
@@ -71,8 +77,10 @@ def synthetic_batch(b: int, t: int, img_size: int, num_actions: int, seed: int =
 
 
 def contexts(n: int, img_size: int, num_actions: int, generator: torch.Generator | None = None):
-    obs = torch.rand(n, 4, 3, img_size, img_size, generator=generator) * 2 - 1
-    return obs, torch.randint(0, num_actions, (n, 4), generator=generator)
+    """n random 4-frame contexts on the generator's device."""
+    device = generator.device if generator is not None else "cpu"
+    obs = torch.rand(n, 4, 3, img_size, img_size, generator=generator, device=device) * 2 - 1
+    return obs, torch.randint(0, num_actions, (n, 4), generator=generator, device=device)
 
 
 @torch.inference_mode()
@@ -80,7 +88,7 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
                  repeats: int = 1) -> tuple[float, float]:
     """One step of `play` at batch 1: actor-critic, 3 Euler denoising steps, reward/end.
     -> median ms (wall clock, CPU time)."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(agent.device).manual_seed(0)
     env = WorldModelEnv(agent, generator=g, precision=precision)
     actor = agent.actor_critic if precision == "float32" else FastActorCritic(agent.actor_critic, torch.bfloat16)
     env.reset(*contexts(1, agent.config.img_size, agent.num_actions, g))
@@ -91,7 +99,7 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
         act = torch.multinomial(logits.softmax(-1), 1, generator=g).squeeze(1)
         env.step(act)
 
-    return tuple(1000 * t for t in timed(step, steps * repeats, warmup))
+    return tuple(1000 * t for t in timed(step, steps * repeats, warmup, agent.device))
 
 
 def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1,
@@ -102,9 +110,10 @@ def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: in
     from training.updates import denoiser_update
 
     batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
-                            agent.num_actions)
+                            agent.num_actions).to(agent.device)
     opt = ModelOptimizer(agent.denoiser, OptimConfig())
-    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt, precision=precision), repeats, warmup))
+    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt, precision=precision),
+                                               repeats, warmup, agent.device))
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
@@ -113,9 +122,10 @@ def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length
     from training.optim import ModelOptimizer, OptimConfig
     from training.updates import rew_end_update
 
-    batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions)
+    batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions).to(agent.device)
     opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
-    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt, precision=precision), repeats, warmup))
+    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt, precision=precision),
+                                               repeats, warmup, agent.device))
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
@@ -126,7 +136,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     from training.optim import ModelOptimizer, OptimConfig
     from training.presets import ImaginationConfig
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(agent.device).manual_seed(0)
     size, n_act = agent.config.img_size, agent.num_actions
     imagination = Imagination(agent, lambda n: contexts(n, size, n_act, g), num_envs=num_envs, horizon=horizon,
                               generator=g, precision=precision)
@@ -137,7 +147,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     def update():
         _, state[0] = actor_critic_update(agent, imagination, opt, cfg, state[0])
 
-    return tuple(num_envs * horizon / t for t in timed(update, repeats, warmup))
+    return tuple(num_envs * horizon / t for t in timed(update, repeats, warmup, agent.device))
 
 
 def collect_steps_per_s(game: str = "Breakout", num_envs: int = 8, num_steps: int = 2000, repeats: int = 3) -> float:
@@ -163,10 +173,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def machine() -> dict:
+def machine(device: torch.device | str = "cpu") -> dict:
     """What the numbers were measured on."""
+    device = torch.device(device)
     return {
-        "device": "cpu",
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "cpu": cpu_model(),
@@ -186,15 +198,15 @@ def machine() -> dict:
 def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
               game: str = "Breakout", batch_size: int = 32, train_precision: str = "float32",
-              log: Callable[[str], None] = lambda s: None) -> dict:
+              device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
     measurements (32, the reference's; smaller only for smoke tests). train_precision: of the training
     measurements (float32, what training uses by default; bfloat16 the opt-in autocast)."""
     r = repeats if repeats is not None else (1 if quick else 3)
-    agent = make_agent(preset)
-    report = machine()
+    agent = make_agent(preset, device=device)
+    report = machine(device)
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
-                  train_precision=resolve(train_precision, "cpu"))
+                  train_precision=resolve(train_precision, device))
 
     cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
@@ -203,14 +215,18 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             log(f"play step, {precision} ...")
             wall, c = play_step_ms(agent, precision, steps=10 if quick else 30, warmup=3 if quick else 5, repeats=r)
             play[precision], play_cpu[precision] = round(wall, 2), round(c, 2)
-        play["default"] = play_cpu["default"] = default_precision("cpu")
+        play["default"] = play_cpu["default"] = default_precision(device)
         report["play_step_ms"], cpu["play_step_ms"] = play, play_cpu
+    # imagination's world model as training runs it: float32 on a CPU, the bfloat16 fast path on a GPU (CUDA graphs)
+    on_gpu = torch.device(device).type == "cuda"
+    report["imagination_precision"] = resolve(None if on_gpu else train_precision, device)
     for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
                           ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
         if part in include:
             log(f"{key} ...")
-            wall, c = fn(agent, batch_size, repeats=r, precision=train_precision)
+            precision = report["imagination_precision"] if part == "imagination" else train_precision
+            wall, c = fn(agent, batch_size, repeats=r, precision=precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
     if "collect" in include:
         log("real env collection ...")
@@ -238,11 +254,14 @@ def table(report: dict) -> str:
                          f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
     if "collect_steps_per_s" in report:
         rows.append(("collect steps per s", f"{report['collect_steps_per_s']:.0f} steps/s", "-", "-", "-"))
+    if report.get("device", "cpu") != "cpu":
+        rows[0] = (*rows[0][:4], "vs reference (CPU)")
     if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:
         rows = [r if i == 0 else (*r[:4], "not comparable") for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    head = (f"{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
+    where = f"{report['gpu']} ({report['device']}), " if report.get("gpu") else ""
+    head = (f"{where}{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
             f"load average {report['load_average'][0]:.1f}" if report.get("load_average") else "")
     return "\n".join([head, *lines])

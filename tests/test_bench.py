@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from app.cli import main
 
@@ -32,6 +33,11 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert main(["bench", "--json", str(tmp_path / "missing" / "b.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", "--device", "gpu0"]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["bench", "--repeats", "0"], ["bench", "--batch-size", "0"]])

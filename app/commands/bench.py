@@ -17,6 +17,7 @@ A full run of the reference-size model takes several minutes on 2 CPU cores; --q
 examples:
   dreamarcade bench --json bench.json
   dreamarcade bench --quick --only play
+  dreamarcade bench --device cuda --json bench-gpu.json      (a GPU; the reference's numbers are CPU numbers)
   dreamarcade bench --quick --preset tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
 """
 
@@ -41,6 +42,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "autocast and the fast world model, ~2x on CPUs with native bf16)")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--device", default="cpu",
+                   help="torch device of the model measurements: cpu (default, what the reference was measured on), "
+                        "cuda, cuda:1")
     return p
 
 
@@ -58,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    from app.player.launch import resolve_device
+
+    device = resolve_device(args.device)
     if args.json:
         out = Path(args.json)
         if out.parent and not out.parent.exists():
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
                            game=args.game, batch_size=args.batch_size,
-                           train_precision=args.train_precision,
+                           train_precision=args.train_precision, device=device,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)
