@@ -218,11 +218,23 @@ class FastDenoiser(_Functional):
 
     def _convert(self) -> None:
         super()._convert()
+        self._schedules: dict[tuple, tuple] = {}
         inner = self.root
         n_obs = inner.conv_in.in_channels - self.denoiser.cfg.img_channels
         w, b = self._w[inner.conv_in]
         self._conv_in_obs = (w[:, :n_obs].contiguous(memory_format=CL), b)
         self._conv_in_x = w[:, n_obs:].contiguous(memory_format=CL)
+
+    @torch.no_grad()
+    def schedule(self, sigmas: Tensor, device: torch.device) -> tuple[tuple[float, ...], Tensor, object]:
+        """The sigma-only work of a schedule, cached: (its nonzero levels as floats, noise embeddings (N, D),
+        preconditioners). Once cached, no host-device synchronisation (so a CUDA graph can capture a frame)."""
+        key = (tuple(float(s) for s in sigmas.tolist() if s > 0), torch.device(device))
+        if key not in self._schedules:
+            levels = torch.tensor(key[0], dtype=torch.float32, device=device)
+            cs = self.denoiser.conditioners(levels)
+            self._schedules[key] = (key[0], self.root.noise_emb(cs.c_noise), cs)
+        return self._schedules[key]
 
     @torch.no_grad()
     def context(self, obs: Tensor, act: Tensor, sigmas: Tensor) -> "DenoiserContext":
@@ -263,12 +275,10 @@ class DenoiserContext:
         w, bias = fast._conv_in_obs
         self.obs_features = F.conv2d(obs, w, bias, padding=1)  # the conditioning frames' part of conv_in
 
-        levels = sigmas[sigmas > 0].to(device=obs.device, dtype=torch.float32)
-        self.sigma_index = {float(s): i for i, s in enumerate(levels.tolist())}
-        cs = den.conditioners(levels)
+        levels, noise_emb, cs = fast.schedule(sigmas, obs.device)
+        self.sigma_index = {s: i for i, s in enumerate(levels)}
         self.c_in, self.c_out, self.c_skip = cs.c_in, cs.c_out, cs.c_skip  # (N, 1, 1, 1)
         # the conditioning vector of every (sigma, sample), then every AdaGroupNorm's [1 + scale | shift]
-        noise_emb = inner.noise_emb(cs.c_noise)  # (N, D)
         act_emb = inner.act_emb(act.to(obs.device))  # (B, D)
         cond = inner.cond_proj((noise_emb[:, None] + act_emb[None]).flatten(0, 1))  # (N * B, D)
         self.ss = fast.conditioning(cond).reshape(len(levels), b, -1)

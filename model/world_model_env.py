@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.cuda_graphs import GraphedStep
 from model.fast import FastAgent
 from model.sampler import SamplerConfig, karras_sigmas, sample_next_obs
 
@@ -27,6 +28,8 @@ class WorldModelEnv:
     generator: a torch.Generator on the agent's device for all randomness (start noise, churn, rew/end sampling).
     precision: "float32" (the reference's numbers) or "bfloat16" (`model.fast`: channels-last bfloat16 weights and
     no repeated work across denoising steps; faster where the hardware has bfloat16, see `model.fast.default_precision`).
+    cuda_graphs: on a CUDA device with precision "bfloat16" and the Euler sampler without churn, replay each step
+    as one CUDA graph (`model.cuda_graphs`); ignored elsewhere.
     """
 
     def __init__(
@@ -35,9 +38,12 @@ class WorldModelEnv:
         sampler: SamplerConfig = SamplerConfig(),
         generator: torch.Generator | None = None,
         precision: str = "float32",
+        cuda_graphs: bool = True,
     ) -> None:
         self.agent = agent
         self.generator = generator
+        self.cuda_graphs = cuda_graphs
+        self._graph: GraphedStep | None = None
         self.precision = precision
         self.sampler = sampler
         self.obs_buffer: Tensor | None = None  # (B, n, 3, H, W): the last n frames, in [-1, 1]
@@ -54,6 +60,7 @@ class WorldModelEnv:
     def sampler(self, cfg: SamplerConfig) -> None:
         self._sigmas = karras_sigmas(cfg.num_steps_denoising, cfg.sigma_min, cfg.sigma_max, cfg.rho, self.device)
         self._sampler = cfg
+        self._graph = None
 
     @property
     def denoising_steps(self) -> int:
@@ -73,6 +80,7 @@ class WorldModelEnv:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
         self._precision = value
         self._fast = None if value == "float32" else FastAgent(self.agent, torch.bfloat16)
+        self._graph = None
 
     @property
     def device(self) -> torch.device:
@@ -124,11 +132,14 @@ class WorldModelEnv:
         """
         self._check_reset()
         self.act_buffer[:, -1] = act.to(self.device)  # as the reference: overwrites the last context action
-        next_obs = self._sample_next_obs(noise)
-        rew_logits, end_logits, self.rew_end_state = self._rew_end(
-            self.obs_buffer[:, -1:], self.act_buffer[:, -1:], next_obs.unsqueeze(1), self.rew_end_state
-        )
-        rew_logits, end_logits = rew_logits[:, 0].float(), end_logits[:, 0].float()
+        if self._graphable():
+            next_obs, rew_logits, end_logits, self.rew_end_state = self._graphed_step(noise)
+        else:
+            next_obs = self._sample_next_obs(noise)
+            rew_logits, end_logits, self.rew_end_state = self._rew_end(
+                self.obs_buffer[:, -1:], self.act_buffer[:, -1:], next_obs.unsqueeze(1), self.rew_end_state
+            )
+            rew_logits, end_logits = rew_logits[:, 0].float(), end_logits[:, 0].float()
         rew = self._sample(rew_logits).float() - 1.0
         end = self._sample(end_logits)
         self.obs_buffer = self.obs_buffer.roll(-1, dims=1)
@@ -152,6 +163,21 @@ class WorldModelEnv:
             generator=self.generator, order=s.order, s_churn=s.s_churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax,
             s_noise=s.s_noise,
         ).float()
+
+    def _graphable(self) -> bool:
+        s = self._sampler
+        return (self.cuda_graphs and self._fast is not None and self.device.type == "cuda" and s.order == 1
+                and s.s_churn == 0)
+
+    def _graphed_step(self, noise: Tensor | None):
+        b, _, c, h, w = self.obs_buffer.shape
+        if noise is None:  # drawn as `sample_next_obs` draws it
+            noise = torch.randn(b, c, h, w, device=self.device, generator=self.generator)
+        noise = noise.to(device=self.device, dtype=torch.float32)
+        if self._graph is None or not self._graph.valid_for(b):
+            self._graph = GraphedStep(self._fast, self._sigmas, self.obs_buffer, self.act_buffer, noise,
+                                      self.rew_end_state)
+        return self._graph(self.obs_buffer, self.act_buffer, noise, self.rew_end_state)
 
     def _burn_in(self, obs_ctx: Tensor, act_ctx: Tensor) -> tuple[Tensor, Tensor]:
         """The rew/end LSTM state after the n - 1 in-context transitions, as the reference."""

@@ -1,0 +1,75 @@
+"""The world model's step as one CUDA graph: on a GPU, one imagined step of B games (the next frame's Euler
+denoising steps on the fast path, then the reward/end logits and LSTM state) is hundreds of small kernels, and
+launching them from Python, not their arithmetic, sets the speed. Captured once, the step is replayed with one
+launch.
+
+Same networks and numbers as `model.fast`; used by `WorldModelEnv` on CUDA for the bfloat16 path with the Euler
+sampler and no churn (the reference's settings). A graph is captured per (batch size, schedule) and captured
+again when the weights change (an optimizer step between imagination phases).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model.fast import FastAgent
+
+
+def euler(ctx, x: Tensor, levels: tuple[float, ...]) -> Tensor:
+    """`model.sampler.sample_next_obs` with order 1 and no churn, on python-float sigmas (no host syncs)."""
+    for i, sigma in enumerate(levels):
+        next_sigma = levels[i + 1] if i + 1 < len(levels) else 0.0
+        denoised = ctx.denoise(x, sigma)
+        x = x + (x - denoised) / sigma * (next_sigma - sigma)
+    return x
+
+
+class GraphedStep:
+    """One world-model step of B games as a CUDA graph.
+
+    __call__(obs (B, n, 3, H, W), act (B, n), noise (B, 3, H, W), state ((1, B, D), (1, B, D)))
+    -> next_obs (B, 3, H, W) float32, rew_logits (B, 3), end_logits (B, 2), new state: fresh tensors each call.
+    """
+
+    def __init__(self, fast: FastAgent, sigmas: Tensor, obs: Tensor, act: Tensor, noise: Tensor,
+                 state: tuple[Tensor, Tensor]) -> None:
+        self.fast = fast
+        self.sigmas = sigmas.detach().cpu()
+        self.levels = tuple(float(s) for s in self.sigmas.tolist() if s > 0)
+        self.inputs = [t.clone() for t in (obs, act, noise, *state)]
+        self.key = self._weights_key()
+        side = torch.cuda.Stream(obs.device)
+        side.wait_stream(torch.cuda.current_stream(obs.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: caches, cuDNN/cuBLAS choices
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream(obs.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = self._run()
+
+    @torch.no_grad()
+    def _run(self):
+        obs, act, noise, h, c = self.inputs
+        ctx = self.fast.denoiser.context(obs, act, self.sigmas)
+        next_obs = euler(ctx, noise, self.levels).float()
+        rew_logits, end_logits, (h, c) = self.fast.rew_end(obs[:, -1:], act[:, -1:], next_obs.unsqueeze(1), (h, c))
+        return next_obs, rew_logits[:, 0].float(), end_logits[:, 0].float(), h.float(), c.float()
+
+    def _weights_key(self) -> tuple:
+        self.fast.denoiser._sync()
+        self.fast.rew_end._sync()
+        return self.fast.denoiser._key, self.fast.rew_end._key
+
+    def valid_for(self, batch_size: int) -> bool:
+        """True if a replay computes the current weights' step at this batch size (the owner drops the graph
+        when the schedule changes)."""
+        return self.inputs[0].shape[0] == batch_size and self._weights_key() == self.key
+
+    @torch.no_grad()
+    def __call__(self, obs: Tensor, act: Tensor, noise: Tensor, state: tuple[Tensor, Tensor]):
+        for buf, x in zip(self.inputs, (obs, act, noise, *state)):
+            buf.copy_(x)
+        self.graph.replay()
+        next_obs, rew_logits, end_logits, h, c = (t.clone() for t in self.outputs)
+        return next_obs, rew_logits, end_logits, (h, c)
