@@ -254,6 +254,28 @@ def test_headless_records_an_mp4_with_one_frame_per_step(weights_file, tmp_path,
     assert store.num_steps == 12 and store[0].obs.shape[1:] == (3, 64, 64)
 
 
+def test_recording_killed_mid_way_still_plays(weights_file, tmp_path):
+    """kill -9 of the player and its encoder: the mp4 keeps every fragment written before the kill."""
+    import signal
+    import time
+
+    out = tmp_path / "killed.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "app", "play", "--game", GAME, "--weights", str(weights_file),
+                             "--mode", "real", "--controller", "random", "--headless", "--steps", "1000000",
+                             "--record", str(out), "--fps", "60"], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 50_000):
+            time.sleep(0.2)
+        assert out.exists() and out.stat().st_size >= 50_000, "the recording did not grow"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the player and its ffmpeg child, no chance to finish the file
+        proc.wait()
+    frames = imageio.mimread(out, memtest=False)
+    assert len(frames) >= 30 and frames[-1].std() > 5
+
+
 def test_headless_random_real_mode(weights_file, capsys):
     rc = main(["play", "--game", GAME, "--weights", str(weights_file), "--mode", "real", "--headless",
                "--steps", "30", "--controller", "random"])

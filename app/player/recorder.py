@@ -47,8 +47,12 @@ class VideoRecorder:
             raise ValueError(f"the recording must be an .mp4 file, not {self.path.name!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # macro_block_size=2: yuv420p only needs even sizes; frames are padded to even below.
+        # A fragmented mp4 with a keyframe every 2 s: a recording cut by a crash or kill -9 still plays up to its
+        # last fragment (a plain mp4 writes its index at the end, and is unreadable without it).
         self._writer = imageio.get_writer(self.path, fps=fps, codec="libx264", quality=7,
-                                          macro_block_size=2, pixelformat="yuv420p")
+                                          macro_block_size=2, pixelformat="yuv420p",
+                                          output_params=["-g", str(max(1, round(2 * fps))),
+                                                         "-movflags", "frag_keyframe+empty_moov"])
         self.frames = 0
         self._size: tuple[int, int] | None = None
 
