@@ -45,7 +45,7 @@ class GraphedStep:
                 self._run()
         torch.cuda.current_stream(obs.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # the player draws on another thread
             self.outputs = self._run()
 
     @torch.no_grad()
