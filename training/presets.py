@@ -126,6 +126,10 @@ def catch() -> TrainConfig:
     Scaled to the game: 7-step episodes, so short imagined rollouts and reward/end sequences; deterministic
     frames, so one denoising step; a short warm-up and higher learning rates, since there are only a few
     hundred updates. Uniform episode sampling: the random initial data covers the game well.
+    What it takes (measured, see `agent_config`): the denoiser trained mostly at high noise, else one-step
+    sampling ignores the action and the paddle does not follow it in imagination; ~500 reward/end updates
+    before the agent starts, else the reward model still guesses catches from the action and the agent
+    learns that bias; an entropy weight of 0.01 (with 0.001 the policy collapses in ~50 updates).
     """
     def optim(lr: float, wd: float, clip: float) -> OptimConfig:
         return OptimConfig(lr=lr, weight_decay=wd, max_grad_norm=clip, warmup_steps=10)
@@ -134,13 +138,13 @@ def catch() -> TrainConfig:
         model="catch", total_real_steps=1_200, initial_steps_min=800, initial_steps_max=800,
         initial_min_rare_rewards=0, collect_steps_per_epoch=100, num_final_epochs=0, epsilon=0.0,
         eval_every=3, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
-        denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
+        denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=300, steps_per_epoch=40,
                                seq_length=5),
-        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=400, steps_per_epoch=40,
+        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=16, steps_first_epoch=500, steps_per_epoch=40,
                               seq_length=5),
-        actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=80, steps_per_epoch=40,
+        actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=80, steps_per_epoch=30,
                                    seq_length=4),
-        imagination=ImaginationConfig(horizon=6, gamma=0.95, lam=0.9, denoising_steps=1),
+        imagination=ImaginationConfig(horizon=6, gamma=0.95, lam=0.9, weight_entropy_loss=0.01, denoising_steps=1),
     )
 
 
@@ -166,11 +170,17 @@ PRESETS = {"atari100k": atari100k, "consumer": consumer, "cpu": cpu, "tiny": tin
 def agent_config(cfg: TrainConfig, num_actions: int) -> AgentConfig:
     """The model of a training config: a `model.presets` name, or "catch" (a smaller one for the toy game)."""
     if cfg.model == "catch":
+        # denoiser: noise levels centred on the one sampling step (sigma_max = 5, ln 5 = 1.6) instead of the
+        # reference's N(-0.4, 1.2), where sigma >= 5 is 5% of the updates and the action (which only matters
+        # at high noise) is not learned in a few hundred; a wider condition for the action embedding.
+        # actor-critic: a 128-wide LSTM learns Catch ~2x faster than 32 (a perfect-model check: 0.8-0.9 after
+        # 100 updates vs about random).
         return AgentConfig(
             num_actions=num_actions,
-            denoiser=DenoiserConfig(cond_channels=16, depths=(1, 1, 1, 1), channels=(8, 8, 16, 16)),
+            denoiser=DenoiserConfig(cond_channels=64, depths=(1, 1, 1, 1), channels=(8, 8, 16, 16),
+                                    train_sigma_loc=1.6, train_sigma_scale=0.5),
             rew_end=RewEndConfig(lstm_dim=32, cond_channels=16, depths=(1, 1, 1, 1), channels=(8, 8, 8, 8)),
-            actor_critic=ActorCriticConfig(lstm_dim=32, channels=(8, 8, 16, 16)),
+            actor_critic=ActorCriticConfig(lstm_dim=128, channels=(8, 8, 16, 16)),
         )
     if cfg.model not in model_presets.PRESETS:
         raise ValueError(f"unknown model preset {cfg.model!r}; choose one of: {', '.join(model_presets.PRESETS)}, catch")
