@@ -128,7 +128,7 @@ def catch() -> TrainConfig:
     hundred updates. Uniform episode sampling: the random initial data covers the game well.
     What it takes (measured, see `agent_config`): the denoiser trained mostly at high noise, else one-step
     sampling ignores the action and the paddle does not follow it in imagination; a reward/end model that
-    tells catches from misses before the agent starts (a wider LSTM and condition, batch 32, 350 updates:
+    tells catches from misses before the agent starts (a wider LSTM and condition, batch 32, 500 updates:
     a weaker one predicts 0 or guesses catches from the action, and the agent learns that bias); an
     entropy weight of 0.01 (with 0.001 the policy collapses in ~50 updates).
     """
@@ -141,7 +141,7 @@ def catch() -> TrainConfig:
         eval_every=3, eval_episodes=50, final_eval_episodes=200, sample_weights=(),
         denoiser=ModelTraining(optim(1e-3, 1e-2, 1.0), batch_size=16, steps_first_epoch=300, steps_per_epoch=40,
                                seq_length=5),
-        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=32, steps_first_epoch=350, steps_per_epoch=40,
+        rew_end=ModelTraining(optim(1e-3, 1e-2, 100.0), batch_size=32, steps_first_epoch=500, steps_per_epoch=40,
                               seq_length=5),
         actor_critic=ModelTraining(optim(3e-3, 0.0, 100.0), batch_size=32, steps_first_epoch=80, steps_per_epoch=30,
                                    seq_length=4),
