@@ -16,9 +16,9 @@ import torch
 
 from model import Agent, Batch
 from model.fast import FastActorCritic, default_precision
-from model.precision import resolve
+from model.precision import PRECISIONS, resolve
 from model.presets import PRESETS
-from model.world_model_env import PRECISIONS, WorldModelEnv
+from model.world_model_env import WorldModelEnv
 
 # (key, what, reference value, unit, higher is better)
 REFERENCE = {
@@ -217,9 +217,11 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             play[precision], play_cpu[precision] = round(wall, 2), round(c, 2)
         play["default"] = play_cpu["default"] = default_precision(device)
         report["play_step_ms"], cpu["play_step_ms"] = play, play_cpu
-    # imagination's world model as training runs it: float32 on a CPU, the bfloat16 fast path on a GPU (CUDA graphs)
-    on_gpu = torch.device(device).type == "cuda"
-    report["imagination_precision"] = resolve(None if on_gpu else train_precision, device)
+    from training.imagination import imagination_precision
+
+    # imagination's world model as training runs it (float32 on a CPU, the bfloat16 fast path on a GPU), or bfloat16
+    report["imagination_precision"] = (imagination_precision(device) if train_precision == "float32"
+                                       else resolve(train_precision, device))
     for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
                           ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):

@@ -13,9 +13,8 @@ from torch import Tensor
 
 from model.cuda_graphs import GraphedStep
 from model.fast import FastAgent
+from model.precision import PRECISIONS
 from model.sampler import SamplerConfig, karras_sigmas, sample_next_obs
-
-PRECISIONS = ("float32", "bfloat16")
 
 
 class WorldModelEnv:

@@ -24,6 +24,13 @@ from training.presets import ImaginationConfig
 ContextSampler = Callable[[int], tuple[Tensor, Tensor]]
 
 
+def imagination_precision(device: torch.device | str) -> str:
+    """The world model's precision when training imagines: on a GPU the bfloat16 fast path (each step one CUDA
+    graph, `model.cuda_graphs`), where the GPU has bfloat16; on a CPU float32, what the Catch learning test was
+    tuned with (bfloat16 there is opt-in)."""
+    return resolve(None, device) if torch.device(device).type == "cuda" else "float32"
+
+
 class Imagination:
     """B imagined games that restart themselves from real contexts (the reference's WorldModelEnv).
 
@@ -35,12 +42,13 @@ class Imagination:
 
     def __init__(self, agent, sample_context: ContextSampler, num_envs: int, horizon: int,
                  denoising_steps: int = 3, generator: torch.Generator | None = None,
-                 precision: str | None = "float32") -> None:
+                 precision: str | None = None) -> None:
         self.sample_context = sample_context
         self.num_envs, self.horizon = num_envs, horizon
-        # precision "bfloat16": the fast world model (model.fast, ~2x); None: bfloat16 where the hardware has it
+        # precision "bfloat16": the fast world model (model.fast, ~2x); None: training's (`imagination_precision`)
+        precision = imagination_precision(agent.device) if precision is None else resolve(precision, agent.device)
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
-                                precision=resolve(precision, agent.device))
+                                precision=precision)
         self.ep_len = torch.zeros(num_envs, dtype=torch.long)
         self.obs: Tensor | None = None
 

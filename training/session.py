@@ -67,10 +67,8 @@ class Session:
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
         self.imagination = self.ac_state = None
         if not dataset:
-            # on a GPU: the fast bfloat16 world model, each imagined step one CUDA graph (model.cuda_graphs)
             self.imagination = Imagination(self.agent, self._contexts, world.share(cfg.actor_critic.batch_size),
-                                           cfg.imagination.horizon, cfg.imagination.denoising_steps, self.generator,
-                                           precision=None if dev.type == "cuda" else "float32")
+                                           cfg.imagination.horizon, cfg.imagination.denoising_steps, self.generator)
         self.collector = self.policy = None
         if world.is_main and not dataset:
             from training.collect import ActorCriticPolicy, Collector, VecSource

@@ -16,7 +16,7 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
                     precision: str | None = "float32") -> dict:
     """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
     precision: "float32" (default), "bfloat16" (autocast, ~2x faster on bf16 CPUs) or None (bf16 where native).
-    float32 stays the default until the Catch learning test passes with bfloat16 (it failed once, cause unknown)."""
+    float32 stays the default: the Catch learning test was tuned with it, and on an H100 autocast was slower."""
     channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
