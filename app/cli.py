@@ -15,6 +15,7 @@ COMMANDS = {
     "play": ("app.commands.play", "play a game inside the world model, the real emulator, or both side by side"),
     "train": ("app.commands.train", "train a world model and an agent (the DIAMOND recipe)"),
     "eval": ("app.commands.eval", "score weights on real games, aggregate results, measure world-model fidelity"),
+    "collect": ("app.commands.collect", "play real episodes with a scripted player, as data for train --dataset"),
     "bench": ("app.commands.bench", "measure play and training speed on this machine"),
     "games": ("app.commands.games", "list the supported games and where their weights come from"),
     "download": ("app.commands.download", "download pretrained weights from the Hugging Face Hub"),

@@ -1,0 +1,54 @@
+"""`dreamarcade collect`: real episodes played by a scripted player, for `dreamarcade train --dataset`."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Play the real game (the Atari 100k training env: 64x64 frames, frame skip 4, a life loss ends an episode)
+with a scripted player that reads the game's RAM, and write the episodes to an episode store that
+`dreamarcade train --dataset DIR` trains a world model on. The scripted player is a data source for the world
+model only (it shows the model rallies, bricks broken high and low, serves and lost lives that random play
+never reaches); the agent never sees it. Each episode draws a skill: the chance per step of acting on the ball
+rather than being distracted for a few steps.
+
+scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
+
+examples:
+  dreamarcade collect --game Breakout --steps 50000 --out data/breakout
+  dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
+"""
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--game", default="Breakout", help="game with a scripted player (default Breakout)")
+    p.add_argument("--steps", type=int, default=50_000, help="real steps to play (default 50000)")
+    p.add_argument("--out", metavar="DIR", required=True, help="episode store to write (created; added to if it exists)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
+    p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
+                   help="range of the per-episode skill in [0, 1] (default 0.93 0.995)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.games import resolve_game
+    from training.scripted import POLICIES
+
+    game = resolve_game(args.game)
+    if game not in POLICIES:
+        raise ValueError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if not 0 <= args.skill[0] <= args.skill[1] <= 1:
+        raise ValueError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
+    from training.episode_store import EpisodeStore
+    from training.scripted import collect_scripted
+
+    store = EpisodeStore(args.out)
+    before = store.num_steps
+    stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill))
+    print(f"{game}: {stats['steps']} steps in {stats['episodes']} episodes (one life each), return per episode "
+          f"{stats['return_mean']:.1f} mean, {stats['return_max']:.0f} max; {args.out} now holds "
+          f"{before + stats['steps']} steps")
+    return 0

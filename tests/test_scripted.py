@@ -1,0 +1,36 @@
+"""The scripted Breakout player: a data source that rallies where random play does not (real ALE)."""
+from __future__ import annotations
+
+import numpy as np
+
+from app.cli import main
+from training.collect import Collector, RandomPolicy, VecSource
+from training.episode_store import EpisodeStore
+from training.scripted import collect_scripted
+
+
+def test_the_follower_rallies_and_random_play_does_not(tmp_path):
+    scripted = EpisodeStore(tmp_path / "scripted")
+    stats = collect_scripted("Breakout", scripted, 1500, seed=0, skill=(1.0, 1.0), progress=False)
+    assert stats["steps"] == scripted.num_steps >= 1500 and stats["episodes"] == scripted.num_episodes
+    rand = EpisodeStore(tmp_path / "random")
+    collector = Collector(VecSource("Breakout", 1, train=True), rand, seed=0)
+    collector.collect(RandomPolicy(4, seed=0), num_steps=1500)
+    collector.close()
+    per_step = lambda store: store.returns().sum() / store.num_steps
+    assert per_step(scripted) > 4 * per_step(rand) and per_step(scripted) > 0.02
+    assert max(len(scripted[i]) for i in range(len(scripted))) > 200  # long rallies
+    for i in range(len(scripted)):
+        ep = scripted[i]
+        assert ep.end[-1] or ep.trunc[-1]  # one life per episode, as the training env ends it
+        assert not ep.end[:-1].any()
+
+
+def test_collect_command(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["collect", "--game", "breakout", "--steps", "200", "--out", str(out), "--skill", "0.5", "0.9"]) == 0
+    store = EpisodeStore(out, static=True)
+    assert store.num_steps >= 200 and "Breakout" in capsys.readouterr().out
+    assert set(np.unique(np.concatenate([store[i].act for i in range(len(store))]))) <= {0, 1, 2, 3}
+    assert main(["collect", "--game", "Pong", "--out", str(out)]) == 2
+    assert "no scripted player for Pong" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Scripted players that read the game's RAM: data for world-model training, not agents.
+
+A world model learns what it is shown. Random play in Breakout serves, loses the ball and hardly ever hits
+it, so the paddle never meets the ball high up the screen and no rally, no brick broken high, ever reaches
+the dataset. `BreakoutFollower` plays as a fair human does: it serves, keeps the paddle under the ball
+(aiming a little off centre, so the ball leaves at varied angles), and with a per-episode probability acts
+at random for a few steps, so it also misses, moves everywhere and loses lives.
+
+`collect_scripted(game, store, num_steps)` plays the training env (the Atari 100k protocol, life loss ends
+an episode) and writes the episodes to an `EpisodeStore`, ready for `dreamarcade train --dataset`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from training.atari_env import make_atari_env
+from training.episode_store import Episode, EpisodeStore
+
+# Breakout RAM (ALE): paddle x at 72, ball x at 99, ball y at 101 (0 while no ball is in play).
+# Measured against the 210x160 frame: paddle centre column = ram[72] - 39, ball column = ram[99] - 48.
+_PADDLE_X, _BALL_X, _BALL_Y = 72, 99, 101
+_PADDLE_TO_BALL = -9  # ram[72] - ram[99] when the paddle's centre is under the ball
+_PADDLE_Y = 181  # ram[101] of a ball at the paddle's row
+_WALL_LEFT, _WALL_RIGHT = 57, 198  # ram[99] of a ball touching the side walls
+NOOP, FIRE, RIGHT, LEFT = range(4)  # Breakout's minimal action set
+
+
+class BreakoutFollower:
+    """Follows the ball with the paddle; `skill` in [0, 1] is the chance of acting on the ball each step
+    (otherwise a random action, held for a few steps as a distracted player does)."""
+
+    def __init__(self, rng: np.random.Generator, skill: float = 0.9):
+        self.rng, self.skill = rng, skill
+        self.aim = 0
+        self.last: tuple[int, int] | None = None  # the ball's (x, y) one step ago
+        self.random_left, self.random_act = 0, NOOP
+
+    def act(self, ram: np.ndarray) -> int:
+        if self.random_left > 0:
+            self.random_left -= 1
+            return self.random_act
+        if self.rng.random() > self.skill:
+            self.random_left, self.random_act = int(self.rng.integers(1, 6)), int(self.rng.integers(4))
+            return self.random_act
+        if ram[_BALL_Y] == 0:  # no ball in play: serve, and pick where to hit the next one
+            self.last = None
+            self.aim = int(self.rng.integers(-7, 8))
+            return FIRE
+        x, y = int(ram[_BALL_X]), int(ram[_BALL_Y])
+        target = x
+        if self.last is not None and y > self.last[1]:  # falling: where it will cross the paddle's row
+            dx, dy = x - self.last[0], y - self.last[1]
+            target = _reflect(x + dx * (_PADDLE_Y - y) / dy)
+        self.last = (x, y)
+        diff = target + _PADDLE_TO_BALL + self.aim - int(ram[_PADDLE_X])
+        return RIGHT if diff > 10 else LEFT if diff < -10 else NOOP  # the paddle drifts ~20 a step: no twitching
+
+
+def _reflect(x: float) -> int:
+    """A straight path's x folded back between the side walls."""
+    width = _WALL_RIGHT - _WALL_LEFT
+    x = (x - _WALL_LEFT) % (2 * width)
+    return int(_WALL_LEFT + (x if x <= width else 2 * width - x))
+
+
+POLICIES = {"Breakout": BreakoutFollower}
+
+
+def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
+                     skill: tuple[float, float] = (0.93, 0.995), progress: bool = True) -> dict:
+    """Plays `num_steps` real steps of `game` with its scripted player into `store` -> stats.
+
+    Each episode (one life, as in the training env) draws its skill uniformly from `skill`."""
+    if game not in POLICIES:
+        raise ValueError(f"no scripted player for {game}; scripted data exists for: {', '.join(POLICIES)}")
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
+    steps, returns, lengths = 0, [], []
+    obs, _ = env.reset()
+    with tqdm(total=num_steps, desc=f"scripted {game}", unit="step", disable=not progress) as bar:
+        while steps < num_steps:
+            player = POLICIES[game](rng, skill=float(rng.uniform(*skill)))
+            frames, acts, rews, ends, truncs = [], [], [], [], []
+            while True:
+                act = player.act(ale.getRAM())
+                next_obs, rew, end, trunc, _ = env.step(act)
+                frames.append(obs.transpose(2, 0, 1))
+                acts.append(act), rews.append(rew), ends.append(end), truncs.append(trunc)
+                obs = next_obs
+                if end or trunc:
+                    break
+            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
+                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
+            steps += len(acts)
+            returns.append(float(np.sum(rews)))
+            lengths.append(len(acts))
+            bar.update(len(acts))
+            obs, _ = env.reset()  # after a life loss the training env continues the same game
+    env.close()
+    return {"steps": steps, "episodes": len(returns), "return_mean": float(np.mean(returns)),
+            "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths))}
