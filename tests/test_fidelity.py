@@ -100,7 +100,7 @@ def test_measure_and_cli(agent, tmp_path, capsys):
     path = save_agent(agent, tmp_path / "tiny", metadata={"game": "Breakout"})
     out = tmp_path / "cli"
     argv = ["eval", "--fidelity", "--weights", str(path), "--game", "Breakout", "--horizon", "3",
-            "--contexts", "2", "--denoising-steps", "1", "--policy", "random", "--out", str(out)]
+            "--contexts", "2", "--denoising-steps", "1", "--policy", "random", "--board-steps", "0", "--out", str(out)]
     assert main(argv) == 0
     saved = json.loads((out / "fidelity.json").read_text())
     assert len(saved["psnr"]) == 3 and (out / "strip.png").is_file() and (out / "curves.png").is_file()

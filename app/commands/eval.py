@@ -55,6 +55,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--policy", choices=("agent", "random"), default="agent",
                    help="with --fidelity: who picks the action sequence (default agent)")
     p.add_argument("--out", metavar="DIR", default="fidelity", help="with --fidelity: output folder (default fidelity/)")
+    p.add_argument("--board-steps", metavar="N,N,...", default="25,100,300,1000", type=_steps,
+                   help="with --fidelity: also dream this long with random actions (restarting when the model "
+                        "ends a game) and report the PSNR of the pixels that never change in real play at these "
+                        "steps (default 25,100,300,1000; 0 skips it)")
+    p.add_argument("--board-dreams", type=int, default=4, help="with --fidelity: dreams for --board-steps (default 4)")
     return p
 
 
@@ -72,6 +77,18 @@ def run(args: argparse.Namespace) -> int:
     if args.fidelity:
         return _run_fidelity(args)
     return _run_episodes(args)
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        steps = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected step numbers separated by commas, got {text!r}") from None
+    if steps == (0,):
+        return ()
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"steps must be positive (or 0 to skip), got {text!r}")
+    return steps
 
 
 def _write_json(path: str | None, obj: dict) -> None:
@@ -175,5 +192,33 @@ def _run_fidelity(args: argparse.Namespace) -> int:
         print(f"{args.precision} vs float32 imagination (same noise): mean PSNR {vs['mean_psnr']:.2f} dB, "
               f"mean SSIM {vs['mean_ssim']:.3f}")
     print(f"wrote {result['strip']} (real above, imagined below) and {result['curves']}")
+    if args.board_steps:
+        result["board"] = _run_board(args)
     _write_json(args.json or str(Path(args.out) / "fidelity.json"), result)
     return 0
+
+
+def _run_board(args: argparse.Namespace) -> dict:
+    """The long-dream board check (training.long_dream) -> its JSON-safe results; prints a table, writes board.png."""
+    import imageio.v3 as iio
+
+    from training.evaluate import game_name
+    from training.long_dream import BoardConfig, board_strip, measure_board
+    from weights import load_agent
+
+    if args.board_dreams < 1:
+        raise ValueError("--board-dreams must be at least 1")
+    game = game_name(args.game)
+    agent = load_agent(args.weights, game=game, device=args.device)
+    cfg = BoardConfig(steps=args.board_steps, dreams=args.board_dreams, seed=args.seed, precision=args.precision,
+                      denoising_steps=args.denoising_steps)
+    board = measure_board(agent, game, cfg)
+    print()
+    print(f"the board over a long dream ({cfg.dreams} dreams, random actions, restarted when the model ends a game; "
+          f"{board['static_fraction']:.0%} of the pixels never change in real play):")
+    print(_table(["step", "board PSNR (dB)"], [[str(t), f"{v:.2f}"] for t, v in board["board_psnr"].items()]))
+    path = Path(args.out) / "board.png"
+    iio.imwrite(path, board_strip(board))
+    print(f"wrote {path} (a row per dream at those steps; last row: the pixels that never change)")
+    return {"board_psnr": {str(t): v for t, v in board["board_psnr"].items()}, "static_fraction":
+            board["static_fraction"], "restarts": board["restarts"], "dreams": cfg.dreams, "board_strip": str(path)}
