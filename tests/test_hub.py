@@ -113,11 +113,16 @@ def test_diamond_download_then_offline_from_cache(server, diamond_files, tmp_pat
 
     server.stop()  # no network from here on
     requests = len(server.requests)
-    cached, offline = load(env, ("diamond", "Breakout"), ("diamond", "Breakout", {"HF_HUB_OFFLINE": "1"}))
-    for out in (cached, offline):
+    cached, offline, default = load(env, ("diamond", "Breakout"), ("diamond", "Breakout", {"HF_HUB_OFFLINE": "1"}),
+                                    (None, "Breakout", {"HF_HUB_OFFLINE": "1"}))
+    for out in (cached, offline, default):  # with DIAMOND's in the cache, no --weights means DIAMOND's
         assert out["num_actions"] == 4 and out["hash"] == diamond_files[1]
     assert offline["info"]["file"] == str(converted)
+    assert "from the Hugging Face cache" in default["info"]["source"]
     assert len(server.requests) == requests
+    played = cli(dict(env, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), "play", "--headless", "--steps", "2")
+    assert played.returncode == 0, played.stderr
+    assert "weights: DIAMOND's released Breakout agent from the Hugging Face cache" in played.stdout
     games = cli(env, "games")
     assert games.returncode == 0 and any(
         line.split()[:2] == ["Breakout", "4"] and "diamond (cached)" in line for line in games.stdout.splitlines())

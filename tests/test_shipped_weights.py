@@ -26,3 +26,5 @@ def test_play_without_arguments_runs_offline_from_shipped_weights(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Breakout (imagine" in out.stdout + out.stderr
+    # one line says which weights, and how to get the better ones
+    assert "weights: shipped weights" in out.stdout and "dreamarcade download Breakout" in out.stdout

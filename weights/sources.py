@@ -1,6 +1,8 @@
 """`load_agent(source, game)`: every place weights can come from (DESIGN.md "Weights sources").
 
-    None                      the weights shipped in weights/shipped/{Game}.safetensors, else "diamond"
+    None                      the best weights already here: DIAMOND's for the game if they are in the
+                              Hugging Face cache (trained far longer), else the ones shipped in
+                              weights/shipped/{Game}.safetensors, else "diamond" (downloaded once)
     "diamond[@REVISION]"      DIAMOND's released agent for `game` (Hub repo eloialonso/diamond, pinned)
     "hf://OWNER/REPO[/PATH][@REVISION]"
                               a Hub repository in dreamarcade's format (agent.safetensors at PATH or
@@ -73,12 +75,28 @@ def shipped_weights(game: str) -> Path | None:
     return file if file.is_file() else None
 
 
+def diamond_cached(game: str) -> bool:
+    """Whether DIAMOND's released agent for `game` (pinned revision) is in the Hugging Face cache (no network)."""
+    from weights import hub
+
+    return hub.cached_file(hub.DIAMOND_REPO, hub.diamond_filename(game), hub.DIAMOND_REVISION) is not None
+
+
+def default_source(game: str) -> str:
+    """What `load_agent(None, game)` loads: "diamond" (cached), "shipped", or "diamond" (to download)."""
+    return "shipped" if shipped_weights(game) is not None and not diamond_cached(game) else "diamond"
+
+
 def describe_source(source: str | None, game: str | None) -> str:
-    """One line saying where `load_agent(source, game)` takes its weights from (no network)."""
+    """One line saying where `load_agent(source, game)` takes its weights from, and for the shipped weights how
+    to get better ones (no network)."""
     game = game or DEFAULT_GAME
     if source is None:
-        shipped = shipped_weights(game)
-        return f"shipped weights {shipped}" if shipped else f"DIAMOND's released {game} agent ({_diamond_url(game)})"
+        if default_source(game) == "shipped":
+            return (f"shipped weights {shipped_weights(game)} (a small model trained briefly; for DIAMOND's, "
+                    f"trained far longer: `dreamarcade download {game}`, used by default from then on)")
+        cached = " from the Hugging Face cache" if diamond_cached(game) else ""
+        return f"DIAMOND's released {game} agent{cached} ({_diamond_url(game)})"
     if source == "diamond":
         return f"DIAMOND's released {game} agent ({_diamond_url(game)})"
     return str(source)
@@ -97,8 +115,10 @@ def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
 
     if source is None:
         game = game or DEFAULT_GAME
-        shipped = shipped_weights(game)
-        agent = load_agent_file(shipped, device) if shipped else _load_diamond_release(game, device)
+        if default_source(game) == "shipped":
+            agent = load_agent_file(shipped_weights(game), device)
+        else:
+            agent = _load_diamond_release(game, device)
     elif isinstance(source, str) and (source == "diamond" or source.startswith("diamond@")):
         game = game or DEFAULT_GAME
         agent = _load_diamond_release(game, device, source.partition("@")[2] or None)

@@ -54,6 +54,7 @@ def load_weights(weights: str | None, game: str | None, device: torch.device):
                 f"the weights {weights or ''} were trained on {trained_on}, not {game}: "
                 f"use --game {trained_on}, or weights for {game}".replace("weights  were", "weights were")
             )
+    print(f"weights: {agent.weights_info.get('source', weights)}", flush=True)
     return agent, game or DEFAULT_GAME
 
 
