@@ -12,6 +12,7 @@ because the actor-critic runs many forward passes (an imagined rollout) before e
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -58,11 +59,17 @@ def init_world(device: str | None = None) -> World:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
+        # torch._dynamo (imported lazily by the first optimizer) keeps a reference to a process group that exists
+        # when it is imported: that group then outlives destroy_process_group, and its gloo threads still run
+        # when the process exits, where they abort it now and then ("terminate called without an active
+        # exception"). Imported first, it holds nothing.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return World(rank, world_size, dev)
 
 
 def close_world(world: World) -> None:
+    """Leaves the process group; its communication threads end here, before the process exits."""
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
