@@ -190,16 +190,15 @@ class Session:
         """`steps_first_epoch` or `steps_per_epoch` calls of update() -> mean metrics as {model/train/key}."""
         mcfg = getattr(self.cfg, model)
         n = mcfg.steps_first_epoch if first else mcfg.steps_per_epoch
-        sums: dict[str, float] = {}
+        sums: dict = {}  # device tensors (the updates' metrics), read once at the end: no sync per update
         bar = tqdm(range(n), desc=f"epoch {epoch}/{self.counters.num_epochs} {model}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         for _ in bar:
             m = update()
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k.startswith("loss")}, refresh=False)
         self.counters.updates[model] += n
-        return {f"{model}/train/{k}": v / n for k, v in sums.items()} if n else {}
+        return {f"{model}/train/{k}": float(v) / n for k, v in sums.items()} if n else {}
 
     def imagine_update(self, update_fn) -> dict:
         metrics, self.ac_state = update_fn(self.agent, self.imagination, self.optims["actor_critic"],
