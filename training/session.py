@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from model.agent import Agent, AgentConfig
 from training.ddp import World, average_gradients, broadcast_module
+from training.device_segments import DeviceEpisodes, DeviceSegmentSampler
 from training.episode_store import EpisodeStore
 from training.imagination import Imagination
 from training.optim import ModelOptimizer
@@ -58,10 +59,13 @@ class Session:
         weights = tuple(cfg.sample_weights) or None
         if dataset:
             weights = None  # as the reference's static-dataset mode: length-proportional sampling
+        # on a GPU the store's frames stay resident there and batches are gathered there (same batches)
+        resident = DeviceEpisodes(self.store, dev) if torch.device(dev).type == "cuda" else None
+        sampler = partial(DeviceSegmentSampler, device=dev, episodes=resident) if resident else SegmentSampler
         self.samplers = {
-            m: SegmentSampler(self.store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
-                              can_sample_beyond_end=(m == "rew_end"), sample_weights=weights, rank=world.rank,
-                              world_size=world.world_size, seed=cfg.seed * 1000 + world.rank)
+            m: sampler(self.store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
+                       can_sample_beyond_end=(m == "rew_end"), sample_weights=weights, rank=world.rank,
+                       world_size=world.world_size, seed=cfg.seed * 1000 + world.rank)
             for m in MODELS}
         self.generator = torch.Generator(dev)
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
