@@ -66,7 +66,7 @@ def test_imagination_shapes_and_restarts(agent):
     assert obs.shape == (5, 3, 64, 64)
     assert torch.equal(obs, torch.stack([ContextStream.context(k)[0][-1] for k in range(5)]))
     used, dead_seen = 5, torch.zeros(5, dtype=torch.bool)
-    for t in range(4):
+    for t in range(10):  # the pool of contexts (20 here) is refilled and wraps around
         step = im.step(torch.randint(0, A, (5,)))
         assert step.obs.shape == step.final_obs.shape == (5, 3, 64, 64) and step.burnin_obs.shape == (5, 3, 3, 64, 64)
         assert step.rew.shape == step.end.shape == step.trunc.shape == (5,)
@@ -82,7 +82,7 @@ def test_imagination_shapes_and_restarts(agent):
         assert torch.equal(step.obs, expected)
         dead_seen |= step.dead
     assert dead_seen.all(), "every imagined game is cut after `horizon` steps"
-    assert (im.ep_len < 2).all()
+    assert (im.ep_len < 2).all() and used > im.pool.capacity
 
 
 def test_actor_critic_update_learns_something(agent):

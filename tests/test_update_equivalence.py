@@ -23,6 +23,16 @@ from training.updates import denoiser_update, rew_end_update
 
 A = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """cpu, and cuda where there is one (without TF32, whose rounding depends on the batch size)."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device(request.param)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +106,13 @@ class ReferenceImagination:
         if dead.any():
             idx = dead.nonzero().squeeze(1)
             obs_ctx, act_ctx = self.sample_context(len(idx))
-            info["final_obs"] = next_obs[idx].clone()
+            info["final_obs"] = next_obs[idx.to(next_obs.device)].clone()
             info["burnin_obs"] = obs_ctx[:, :-1]
             self.wm.reset_where(dead, obs_ctx, act_ctx)
             next_obs = self.wm.obs.clone()
             self.ep_len[idx] = 0
         self.obs = next_obs
-        return next_obs, rew.float(), end, trunc, info
+        return next_obs, rew.float(), end.to(next_obs.device), trunc.to(next_obs.device), info
 
 
 def reference_actor_critic_update(agent, imagination, optimizer, cfg, state):
@@ -124,14 +134,14 @@ def reference_actor_critic_update(agent, imagination, optimizer, cfg, state):
         dead, v_next = info["dead"], None
         if dead.any():
             with torch.no_grad():
-                d = dead.nonzero().squeeze(1)
+                d = dead.nonzero().squeeze(1).to(obs.device)
                 _, v_final, _ = ac(info["final_obs"], (state[0][d], state[1][d]))
             v_next = torch.zeros_like(value).index_copy(0, d, v_final)
             s = None
             for k in range(info["burnin_obs"].shape[1]):
                 _, _, s = ac(info["burnin_obs"][:, k], s)
             state = state[0].index_copy(0, d, s[0]), state[1].index_copy(0, d, s[1])
-        values_next.append((dead, v_next))
+        values_next.append((dead.to(obs.device), v_next))
         obs = next_obs
     with torch.no_grad():
         _, v_last, _ = ac(obs, state)
@@ -169,7 +179,7 @@ def assert_close_weights(new, ref, lr):
         torch.testing.assert_close(p, q, rtol=0, atol=0.1 * lr)
 
 
-def test_actor_critic_update_matches_the_previous_implementation(agent):
+def test_actor_critic_update_matches_the_previous_implementation(agent, device):
     """Same weights, seeds and contexts (a deterministic stream: the previous code drew contexts only for the dead
     games, the new one draws them ahead into a pool, in the same order): the same imagined games, actions, losses
     and gradients, update after update, with games ending mid-rollout (the reward/end model's ends)."""
@@ -177,8 +187,8 @@ def test_actor_critic_update_matches_the_previous_implementation(agent):
     opt_cfg = OptimConfig(lr=1e-3, weight_decay=0.0, max_grad_norm=100.0, warmup_steps=2)  # update 1 at lr 0
     runs = {}
     for name in ("reference", "new"):
-        a = copy.deepcopy(agent)
-        g = torch.Generator().manual_seed(5)
+        a = copy.deepcopy(agent).to(device)
+        g = torch.Generator(device).manual_seed(5)
         torch.manual_seed(11)  # the actions' RNG
         if name == "reference":
             im = ReferenceImagination(a, ContextStream(), 4, cfg.horizon, cfg.denoising_steps, g)
@@ -237,12 +247,12 @@ def padded_batch(t: int, seed: int):
     return batch
 
 
-def test_rew_end_update_matches_the_previous_implementation(agent):
+def test_rew_end_update_matches_the_previous_implementation(agent, device):
     opt_cfg = OptimConfig(lr=1e-3, max_grad_norm=100.0, warmup_steps=2)
-    ref_model, new_agent = copy.deepcopy(agent.rew_end), copy.deepcopy(agent)
+    ref_model, new_agent = copy.deepcopy(agent.rew_end).to(device), copy.deepcopy(agent).to(device)
     ref_opt, new_opt = ReferenceOptimizer(ref_model, opt_cfg), ModelOptimizer(new_agent.rew_end, opt_cfg)
     for i in range(3):
-        batch = padded_batch(8, seed=i)
+        batch = padded_batch(8, seed=i).to(device)
         loss_rew, loss_end = reference_rew_end_loss(ref_model.train(), batch)
         ref_norm = ref_opt.step(loss_rew + loss_end)
         m = rew_end_update(new_agent, batch, new_opt)
@@ -250,20 +260,20 @@ def test_rew_end_update_matches_the_previous_implementation(agent):
         assert float(m["loss_end"]) == pytest.approx(loss_end.item(), rel=1e-5)
         assert float(m["grad_norm"]) == pytest.approx(ref_norm, rel=1e-5)
         assert_close_grads(grads(new_agent.rew_end), grads(ref_model), rtol=1e-5)
-    empty = padded_batch(8, seed=9)
+    empty = padded_batch(8, seed=9).to(device)
     empty.mask[:] = False  # no real transition: 0, not NaN, as before
     assert [float(x.detach()) for x in new_agent.rew_end.loss_terms(empty)] == [0.0, 0.0]
 
 
-def test_denoiser_update_matches_the_previous_implementation(agent):
+def test_denoiser_update_matches_the_previous_implementation(agent, device):
     opt_cfg = OptimConfig(lr=1e-3, warmup_steps=2)
-    ref_model, new_agent = copy.deepcopy(agent.denoiser), copy.deepcopy(agent)
+    ref_model, new_agent = copy.deepcopy(agent.denoiser).to(device), copy.deepcopy(agent).to(device)
     ref_opt, new_opt = ReferenceOptimizer(ref_model, opt_cfg), ModelOptimizer(new_agent.denoiser, opt_cfg)
     for i in range(2):
-        batch = padded_batch(6, seed=i)
-        loss = ref_model.train().loss(batch, generator=torch.Generator().manual_seed(i))
+        batch = padded_batch(6, seed=i).to(device)
+        loss = ref_model.train().loss(batch, generator=torch.Generator(device).manual_seed(i))
         ref_norm = ref_opt.step(loss)
-        m = denoiser_update(new_agent, batch, new_opt, generator=torch.Generator().manual_seed(i))
+        m = denoiser_update(new_agent, batch, new_opt, generator=torch.Generator(device).manual_seed(i))
         assert float(m["loss_denoising"]) == pytest.approx(loss.item(), rel=1e-5)
         assert float(m["grad_norm"]) == pytest.approx(ref_norm, rel=1e-5)
         assert m["lr"] == ref_opt.scheduler.get_last_lr()[0]
@@ -291,3 +301,29 @@ def test_optimizer_matches_the_previous_one():
     other = ModelOptimizer(copy.deepcopy(model), cfg)
     other.load_state_dict({"optimizer": opt.state_dict()["optimizer"], "scheduler": ref.scheduler.state_dict()})
     assert other.num_steps == 8 and other.lr == opt.lr and float(other.optimizer.param_groups[0]["lr"]) == pytest.approx(cfg.lr)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_updates_never_wait_for_the_gpu(agent, precision):
+    """After a warm-up update (it fills the pool of contexts; bfloat16: captures the CUDA graph), updates of all
+    three models run with torch's sync debug mode set to error: not one host synchronisation."""
+    a = copy.deepcopy(agent).cuda()
+    cfg = ImaginationConfig(horizon=4, denoising_steps=3)
+    im = Imagination(a, ContextStream(), 4, cfg.horizon, cfg.denoising_steps, torch.Generator("cuda").manual_seed(0),
+                     precision=precision)
+    opts = {m: ModelOptimizer(getattr(a, m), OptimConfig()) for m in ("denoiser", "rew_end", "actor_critic")}
+    den, rew_end = padded_batch(6, seed=0).to("cuda"), padded_batch(8, seed=0).to("cuda")
+    _, state = actor_critic_update(a, im, opts["actor_critic"], cfg, None)
+    denoiser_update(a, den, opts["denoiser"])
+    rew_end_update(a, rew_end, opts["rew_end"])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            metrics, state = actor_critic_update(a, im, opts["actor_critic"], cfg, state)
+        denoiser_update(a, den, opts["denoiser"])
+        rew_end_update(a, rew_end, opts["rew_end"])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())

@@ -50,9 +50,10 @@ class ContextPool:
     def prepare(self) -> None:
         """Before an update: refill used slots and redo the burn-in if the reward/end weights changed."""
         self._learn_consumed(wait=False)
-        # the most the device may have taken once this update has run
+        # the most the device may have taken once this update has run, and how far the pool can be filled now
         upper = lambda: self.known[0] + (self.issued + 1 - self.known[1]) * self.max_draws
-        while self.filled < upper() and self._pending:
+        reach = lambda: self.filled + (self.known[0] + self.capacity - self.filled) // self.chunk * self.chunk
+        while reach() < upper() and self._pending:  # the device is far behind: wait for its oldest counter copy
             self._learn_consumed(wait=True)
         key = _weights_key(self.wm.agent.rew_end)
         if key != self._rew_end_key and self.obs is not None:
