@@ -7,8 +7,8 @@ from a real 4-frame context (`training.context_pool`); reward and end are sample
 
 Every step has the same shapes whatever died, and nothing waits for the device: restarts are selected by mask
 (`torch.where`) over all B games, actions are drawn without torch's checks (`model.categorical`), and the
-metrics stay device tensors (read once per epoch by the caller). So a GPU never idles for the host, and the
-update can be captured as a CUDA graph.
+metrics stay device tensors (read once per epoch by the caller). So a GPU never waits for the host, which is
+also what capturing a whole update as one CUDA graph would need (not done yet).
 """
 from __future__ import annotations
 

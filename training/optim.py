@@ -45,7 +45,7 @@ class ModelOptimizer:
 
     Nothing here reads the device: the learning rate lives in a device tensor that the fused AdamW reads there
     (the schedule is advanced on the device too), and the gradient norm stays a tensor. So a GPU never waits
-    for the host, and a CUDA graph can capture a whole update.
+    for the host here, as capturing the step in a CUDA graph would also need.
     """
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, grad_sync: Callable[[nn.Module], None] | None = None) -> None:
