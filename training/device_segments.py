@@ -54,12 +54,17 @@ class DeviceEpisodes:
             zero = lambda x, dtype: np.concatenate((np.asarray(x, dtype=dtype), np.zeros(1, dtype=dtype)))
             self._reserve(self.size + len(obs), obs.shape[1:])
             rows = slice(self.size, self.size + len(obs))
-            self.frames[rows] = torch.from_numpy(obs).to(self.device)
+            self.frames[rows] = self._upload(obs)
             for buf, x, dtype in ((self.act, ep.act, np.int64), (self.rew, ep.rew, np.float32),
                                   (self.end, ep.end, np.uint8), (self.trunc, ep.trunc, np.uint8)):
-                buf[rows] = torch.from_numpy(zero(x, dtype)).to(self.device)
+                buf[rows] = self._upload(zero(x, dtype))
             self.base[e], self.length[e] = self.size, len(ep)
             self.size += len(obs)
+
+    def _upload(self, x: np.ndarray) -> torch.Tensor:
+        """To the device without waiting for it (on a GPU: through pinned memory)."""
+        x = torch.from_numpy(x)
+        return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
 
     def _reserve(self, n: int, frame_shape: tuple) -> None:
         """Room for n slots: grows the buffers by doubling (amortised: one copy per doubling)."""
@@ -85,10 +90,7 @@ class DeviceEpisodes:
         real = (t >= 0) & (t < length)
         has_frame = (t >= 0) & (t <= length)  # the step right after the last one shows the final observation
         slot = np.where(has_frame, self.base[e][:, None] + t, 0)
-        host = torch.from_numpy(np.stack((slot, real, has_frame)))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        slot, real, has_frame = host.to(self.device, non_blocking=True).unbind(0)
+        slot, real, has_frame = self._upload(np.stack((slot, real, has_frame))).unbind(0)
         real, has_frame = real.bool(), has_frame.bool()
         obs = torch.where(has_frame[..., None, None, None], to_float(self.frames[slot]), 0.0)  # padding: 0
         zero = lambda x: torch.where(real, x[slot], 0)
