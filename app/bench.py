@@ -198,10 +198,11 @@ def machine(device: torch.device | str = "cpu") -> dict:
 def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
               game: str = "Breakout", batch_size: int = 32, train_precision: str = "float32",
-              device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> dict:
+              device: str = "cpu", epoch_updates: int = 400, log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
     measurements (32, the reference's; smaller only for smoke tests). train_precision: of the training
-    measurements (float32, what training uses by default; bfloat16 the opt-in autocast)."""
+    measurements (float32, what training uses by default; bfloat16 the opt-in autocast). "epoch" in include:
+    one real training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset, device=device)
     report = machine(device)
@@ -233,6 +234,10 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
     if "collect" in include:
         log("real env collection ...")
         report["collect_steps_per_s"] = round(collect_steps_per_s(game, num_steps=200 if quick else 2000, repeats=r), 1)
+    if "epoch" in include:
+        from app.bench_epoch import epoch_seconds
+
+        report.update(epoch_seconds(game, preset, str(device), epoch_updates, batch_size, log))
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
 
@@ -256,6 +261,10 @@ def table(report: dict) -> str:
                          f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
     if "collect_steps_per_s" in report:
         rows.append(("collect steps per s", f"{report['collect_steps_per_s']:.0f} steps/s", "-", "-", "-"))
+    if "epoch_s" in report:
+        split = ", ".join(f"{k} {v:.1f}" for k, v in report["epoch_s"].items() if k != "total")
+        rows.append(("atari100k epoch", f"{report['epoch_s']['total']:.1f} s ({split})", "-", "-", "-"))
+        rows.append(("run (1000 epochs)", f"{report['run_hours_estimate']:.1f} h", "-", "-", "-"))
     if report.get("device", "cpu") != "cpu":
         rows[0] = (*rows[0][:4], "vs reference (CPU)")
     if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:

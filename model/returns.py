@@ -56,7 +56,7 @@ def actor_critic_loss(
     logits (B, T, A) and value (B, T) with grad; act, rew, end, trunc, value_next (B, T) (value_next detached,
     see `lambda_returns`). -> (loss, detached metrics: the three terms, entropy in bits, mean return).
     """
-    dist = Categorical(logits=logits)
+    dist = Categorical(logits=logits, validate_args=False)  # its checks read the device (a sync)
     entropy = dist.entropy().mean()
     returns = lambda_returns(rew, end, trunc, value_next.detach(), cfg.gamma, cfg.lam)
     loss_actions = (-dist.log_prob(act) * (returns - value).detach()).mean()

@@ -85,12 +85,15 @@ class RewEndModel(nn.Module):
         return loss_rew + loss_end
 
     def loss_terms(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """-> (reward cross-entropy, end cross-entropy), each a mean over the real transitions."""
+        """-> (reward cross-entropy, end cross-entropy), each a mean over the real transitions.
+        Padded steps are weighted 0 rather than left out (the same sums, with fixed shapes: no host sync)."""
         mask = batch.mask[:, :-1]
         rew_logits, end_logits, _ = self(batch.obs[:, :-1], batch.act[:, :-1], batch.obs[:, 1:])
-        target_rew = batch.rew[:, :-1][mask].sign().long() + 1  # classes of {-1, 0, 1}
-        target_end = batch.end[:, :-1][mask].long()
-        count = mask.sum().clamp(min=1)  # a mean over real transitions, 0 (not NaN) when there are none
-        loss_rew = F.cross_entropy(rew_logits[mask], target_rew, reduction="sum") / count
-        loss_end = F.cross_entropy(end_logits[mask], target_end, reduction="sum") / count
+        target_rew = batch.rew[:, :-1].sign().long() + 1  # classes of {-1, 0, 1}
+        target_end = batch.end[:, :-1].long()
+        weight = mask.float()
+        count = weight.sum().clamp(min=1)  # a mean over real transitions, 0 (not NaN) when there are none
+        ce = lambda logits, target: F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")
+        loss_rew = (ce(rew_logits, target_rew) * weight.flatten()).sum() / count
+        loss_end = (ce(end_logits, target_end) * weight.flatten()).sum() / count
         return loss_rew, loss_end

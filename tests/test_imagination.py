@@ -43,23 +43,46 @@ def random_contexts(n, generator=None):
     return torch.rand(n, 4, 3, 64, 64, generator=g) * 2 - 1, torch.randint(0, A, (n, 4), generator=g)
 
 
+class ContextStream:
+    """Context k is always the same, however the contexts are batched."""
+
+    def __init__(self):
+        self.drawn = 0
+
+    @staticmethod
+    def context(k):
+        g = torch.Generator().manual_seed(k)
+        return torch.rand(4, 3, 64, 64, generator=g) * 2 - 1, torch.randint(0, A, (4,), generator=g)
+
+    def __call__(self, n):
+        obs, act = zip(*(self.context(k) for k in range(self.drawn, self.drawn + n)))
+        self.drawn += n
+        return torch.stack(obs), torch.stack(act)
+
+
 def test_imagination_shapes_and_restarts(agent):
-    im = Imagination(agent, random_contexts, num_envs=5, horizon=2, denoising_steps=1)
+    im = Imagination(agent, ContextStream(), num_envs=5, horizon=2, denoising_steps=1)
     obs = im.reset()
     assert obs.shape == (5, 3, 64, 64)
-    dead_seen = torch.zeros(5, dtype=torch.bool)
-    for t in range(2):
-        obs, rew, end, trunc, info = im.step(torch.randint(0, A, (5,)))
-        assert obs.shape == (5, 3, 64, 64) and rew.shape == end.shape == trunc.shape == (5,)
-        assert set(rew.tolist()) <= {-1.0, 0.0, 1.0}
-        assert torch.equal(info["dead"], end | trunc)
-        d = int(info["dead"].sum())
-        if d:
-            assert info["final_obs"].shape == (d, 3, 64, 64)
-            assert info["burnin_obs"].shape == (d, 3, 3, 64, 64)
-        dead_seen |= info["dead"]
+    assert torch.equal(obs, torch.stack([ContextStream.context(k)[0][-1] for k in range(5)]))
+    used, dead_seen = 5, torch.zeros(5, dtype=torch.bool)
+    for t in range(10):  # the pool of contexts (20 here) is refilled and wraps around
+        step = im.step(torch.randint(0, A, (5,)))
+        assert step.obs.shape == step.final_obs.shape == (5, 3, 64, 64) and step.burnin_obs.shape == (5, 3, 3, 64, 64)
+        assert step.rew.shape == step.end.shape == step.trunc.shape == (5,)
+        assert set(step.rew.tolist()) <= {-1.0, 0.0, 1.0}
+        assert torch.equal(step.dead, step.end | step.trunc) and not (step.end & step.trunc).any()
+        # dead games restart from the next real contexts, in order; the others show the frame they imagined
+        expected = step.final_obs.clone()
+        for i in step.dead.nonzero().squeeze(1).tolist():
+            ctx = ContextStream.context(used)[0]
+            expected[i] = ctx[-1]
+            assert torch.equal(step.burnin_obs[i], ctx[:-1])
+            used += 1
+        assert torch.equal(step.obs, expected)
+        dead_seen |= step.dead
     assert dead_seen.all(), "every imagined game is cut after `horizon` steps"
-    assert (im.ep_len < 2).all()
+    assert (im.ep_len < 2).all() and used > im.pool.capacity
 
 
 def test_actor_critic_update_learns_something(agent):
@@ -69,7 +92,7 @@ def test_actor_critic_update_learns_something(agent):
     state = None
     for _ in range(2):
         metrics, state = actor_critic_update(agent, im, opt, ImaginationConfig(horizon=3), state)
-    assert all(np.isfinite(v) for v in metrics.values())
+    assert all(np.isfinite(float(v)) for v in metrics.values())
     assert {"loss_actions", "loss_values", "loss_entropy", "policy_entropy_bits"} <= set(metrics)
     assert state[0].shape == (4, agent.actor_critic.lstm.hidden_size) and not state[0].requires_grad
     assert any(not torch.equal(b, p) for b, p in zip(before, agent.actor_critic.parameters()))

@@ -136,3 +136,31 @@ def test_an_episode_with_corrupt_frames_is_reported_and_left_out(tmp_path):
             b = sampler.sample()
     assert reopened.lengths.tolist() == [6, 6, 6, 6, 0] and len(b) == 32
     assert len(list(reopened)) == 4
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])
+@pytest.mark.parametrize("beyond_end", [False, True])
+def test_device_sampler_gives_the_same_batches(tmp_path, beyond_end, device):
+    """Frames resident on the device, segments gathered there: the same batches as SegmentSampler from the same
+    seed, bit for bit, also after episodes are added and an unfinished one grows (it is uploaded again)."""
+    from training.device_segments import DeviceSegmentSampler
+
+    s = EpisodeStore(tmp_path)
+    for i, t in enumerate((5, 12, 3, 7)):
+        s.add(episode(t, first_value=1 + 40 * i))
+    args = (s, 16, REW_END_SEQ_LEN if beyond_end else DENOISER_SEQ_LEN, beyond_end)
+    host, resident = SegmentSampler(*args, seed=3), DeviceSegmentSampler(*args, seed=3, device=device)
+    for round_ in range(3):
+        a, b = host.sample(), resident.sample()
+        assert b.obs.device.type == device
+        for name in ("obs", "act", "rew", "end", "trunc", "mask"):
+            x, y = getattr(a, name), getattr(b, name).cpu()
+            assert x.dtype == y.dtype and torch.equal(x, y), (round_, name)
+        assert not a.mask.all()  # padding was exercised
+        unfinished = episode(4 + 3 * round_, first_value=230)
+        unfinished.end[:] = 0
+        if round_ == 0:
+            s.add(unfinished)
+        else:
+            s.replace(len(s) - 1, unfinished)  # the collector's unfinished episode, stored again longer

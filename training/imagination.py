@@ -1,27 +1,32 @@
 """Training the actor-critic inside the world model (diamond.md 1.6 and 3.4).
 
 `Imagination` runs B imagined games on the world model (`model.world_model_env.WorldModelEnv`), each starting
-from a real 4-frame context drawn from the episode store; reward and end are sampled, an imagined game is cut
-after `horizon` steps, and dead games restart at once from new real contexts. `actor_critic_update` rolls it
-for `horizon` steps with the actor-critic, backpropagating through its LSTM, and makes one optimizer step.
+from a real 4-frame context (`training.context_pool`); reward and end are sampled, an imagined game is cut after
+`horizon` steps, and dead games restart at once from new real contexts. `actor_critic_update` rolls it for
+`horizon` steps with the actor-critic, backpropagating through its LSTM, and makes one optimizer step.
+
+Every step has the same shapes whatever died, and nothing waits for the device: restarts are selected by mask
+(`torch.where`) over all B games, actions are drawn without torch's checks (`model.categorical`), and the
+metrics stay device tensors (read once per epoch by the caller). So a GPU never waits for the host, which is
+also what capturing a whole update as one CUDA graph would need (not done yet).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical
 
+from model.categorical import sample_logits
 from model.precision import resolve
 from model.returns import ActorCriticLossConfig, actor_critic_loss
 from model.sampler import SamplerConfig
 from model.world_model_env import WorldModelEnv
+from training.context_pool import ContextPool, ContextSampler
 from training.optim import ModelOptimizer
 from training.presets import ImaginationConfig
 
-# n -> (obs (n, 4, 3, H, W) float in [-1, 1], act (n, 4) long): real contexts from the train episodes
-ContextSampler = Callable[[int], tuple[Tensor, Tensor]]
+__all__ = ["ContextSampler", "Imagination", "ImaginedStep", "actor_critic_update", "imagination_precision"]
 
 
 def imagination_precision(device: torch.device | str) -> str:
@@ -31,64 +36,76 @@ def imagination_precision(device: torch.device | str) -> str:
     return resolve(None, device) if torch.device(device).type == "cuda" else "float32"
 
 
+class ImaginedStep(NamedTuple):
+    """One step of B imagined games; every field has B rows, on the world model's device."""
+
+    obs: Tensor  # (B, 3, H, W) in [-1, 1]: each game's frame now (a restarted game's first frame)
+    rew: Tensor  # (B,) float in {-1, 0, 1}
+    end: Tensor  # (B,) bool
+    trunc: Tensor  # (B,) bool: cut after `horizon` steps (and not ended)
+    dead: Tensor  # (B,) bool: end | trunc; these games restarted from a new real context
+    final_obs: Tensor  # (B, 3, H, W): the imagined frame of this step (where dead: the frame the game died on)
+    burnin_obs: Tensor  # (B, 3, 3, H, W): where dead, the 3 context frames before the new game's first frame
+
+
 class Imagination:
     """B imagined games that restart themselves from real contexts (the reference's WorldModelEnv).
 
-    reset() -> obs (B, 3, H, W); step(act (B,)) -> obs, rew (B,) in {-1, 0, 1}, end (B,) bool, trunc (B,) bool,
-    info with, for the games that just died (`info["dead"]`, a (B,) bool mask): `final_obs` (D, 3, H, W), the
-    imagined frame they died on, and `burnin_obs` (D, 3, 3, H, W), the 3 frames of context before the first
-    frame of their new game (the actor-critic burns its LSTM in on them).
+    sample_context: n -> n real contexts (`training.context_pool.ContextSampler`), called B at a time.
+    reset() -> obs (B, 3, H, W); step(act (B,)) -> `ImaginedStep`.
     """
 
     def __init__(self, agent, sample_context: ContextSampler, num_envs: int, horizon: int,
                  denoising_steps: int = 3, generator: torch.Generator | None = None,
                  precision: str | None = None) -> None:
-        self.sample_context = sample_context
         self.num_envs, self.horizon = num_envs, horizon
         # precision "bfloat16": the fast world model (model.fast, ~2x); None: training's (`imagination_precision`)
         precision = imagination_precision(agent.device) if precision is None else resolve(precision, agent.device)
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
                                 precision=precision)
-        self.ep_len = torch.zeros(num_envs, dtype=torch.long)
+        # refilled every `horizon` steps, which take at most B contexts each (plus B for a reset)
+        self.pool = ContextPool(self.wm, sample_context, chunk=num_envs, max_draws=num_envs * (horizon + 1))
+        self.ep_len = torch.zeros(num_envs, dtype=torch.long, device=self.wm.device)
         self.obs: Tensor | None = None
+        self._steps = 0  # since the pool was last refilled
 
     def reset(self) -> Tensor:
-        obs_ctx, act_ctx = self.sample_context(self.num_envs)
+        self.pool.prepare()
+        self._steps = 0
+        obs_ctx, act_ctx, _ = self.pool.draw(torch.ones(self.num_envs, dtype=torch.bool, device=self.wm.device))
         self.obs = self.wm.reset(obs_ctx, act_ctx)
         self.ep_len.zero_()
         return self.obs
 
     @torch.no_grad()
-    def step(self, act: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict]:
+    def step(self, act: Tensor) -> ImaginedStep:
         if self.obs is None:
             raise RuntimeError("call reset() before step()")
+        if self._steps == self.horizon:
+            self.pool.prepare()
+            self._steps = 0
+        self._steps += 1
         next_obs, rew, end, _ = self.wm.step(act)
+        end = end.bool()
         self.ep_len += 1
-        end = end.bool().cpu()
         trunc = (self.ep_len >= self.horizon) & ~end
         dead = end | trunc
-        info = {"dead": dead}
-        if dead.any():
-            idx = dead.nonzero().squeeze(1)
-            obs_ctx, act_ctx = self.sample_context(len(idx))
-            info["final_obs"] = next_obs[idx.to(next_obs.device)].clone()
-            info["burnin_obs"] = obs_ctx[:, :-1]
-            self.wm.reset_where(dead, obs_ctx, act_ctx)
-            next_obs = self.wm.obs.clone()
-            self.ep_len[idx] = 0
-        self.obs = next_obs
-        return next_obs, rew.float(), end.to(next_obs.device), trunc.to(next_obs.device), info
+        obs_ctx, act_ctx, rew_end_state = self.pool.draw(dead)
+        self.wm.reset_rows(dead, obs_ctx, act_ctx, rew_end_state)
+        self.ep_len.masked_fill_(dead, 0)
+        self.obs = self.wm.obs
+        return ImaginedStep(self.obs, rew, end, trunc, dead, next_obs, obs_ctx[:, :-1])
 
 
-def _zero_and_burn_in(actor_critic, state: tuple[Tensor, Tensor], dead: Tensor, burnin_obs: Tensor):
-    """Zeroes the LSTM state of dead envs and burns it in on their new context (inside the autograd graph)."""
-    idx = dead.nonzero().squeeze(1).to(state[0].device)
-    h_new = state[0].new_zeros(len(idx), state[0].shape[1])
-    s = (h_new, torch.zeros_like(h_new))
+def _restart_state(actor_critic, state: tuple[Tensor, Tensor], dead: Tensor, burnin_obs: Tensor):
+    """The LSTM state with the dead games' rows replaced by zeros burned in on their new context, inside the
+    autograd graph (as the reference). Every row burns in (fixed shapes); torch.where discards the others' burn-in,
+    so it gets exactly zero gradient."""
+    s = None  # zeros
     for k in range(burnin_obs.shape[1]):
         _, _, s = actor_critic(burnin_obs[:, k], s)
-    h, c = state[0].index_copy(0, idx, s[0]), state[1].index_copy(0, idx, s[1])
-    return h, c
+    keep = dead[:, None]
+    return torch.where(keep, s[0], state[0]), torch.where(keep, s[1], state[1])
 
 
 def actor_critic_update(agent, imagination: Imagination, optimizer: ModelOptimizer, cfg: ImaginationConfig,
@@ -96,7 +113,7 @@ def actor_critic_update(agent, imagination: Imagination, optimizer: ModelOptimiz
     """One update: `cfg.horizon` imagined steps of all envs, lambda-returns, REINFORCE + value + entropy.
 
     state: the actor-critic's LSTM state carried between updates (detached here), or None at the start.
-    -> (metrics, new state).
+    -> (metrics: 0-dim device tensors, except `lr`, a float; new state).
     """
     ac = agent.actor_critic
     ac.train()
@@ -105,35 +122,29 @@ def actor_critic_update(agent, imagination: Imagination, optimizer: ModelOptimiz
         h = obs.new_zeros(obs.shape[0], ac.lstm.hidden_size)
         state = (h, torch.zeros_like(h))
     state = (state[0].detach(), state[1].detach())
-    all_logits, acts, values, rews, ends, truncs, values_next = [], [], [], [], [], [], []
-    for t in range(cfg.horizon):
-        logits, value, state = ac(obs, state)
-        act = Categorical(logits=logits).sample()
-        next_obs, rew, end, trunc, info = imagination.step(act)
-        for seq, x in ((all_logits, logits), (acts, act), (values, value), (rews, rew), (ends, end), (truncs, trunc)):
-            seq.append(x)
-        dead = info["dead"]
-        v_next = None
-        if dead.any():
-            with torch.no_grad():  # V(final observation) with the pre-reset state
-                d = dead.nonzero().squeeze(1).to(obs.device)
-                _, v_final, _ = ac(info["final_obs"], (state[0][d], state[1][d]))
-            v_next = torch.zeros_like(value).index_copy(0, d, v_final)
-            state = _zero_and_burn_in(ac, state, dead, info["burnin_obs"])
-        values_next.append((dead.to(obs.device), v_next))
-        obs = next_obs
+    all_logits, acts, values, rews, ends, truncs, deads, values_final = [], [], [], [], [], [], [], []
+    with imagination.wm.weights_fixed():  # only the actor-critic learns here
+        for _ in range(cfg.horizon):
+            logits, value, state = ac(obs, state)
+            act = sample_logits(logits.detach())  # as Categorical(logits).sample(), from the same global RNG
+            step = imagination.step(act)
+            with torch.no_grad():  # V(the frame a game died on), with the state before its restart
+                _, v_final, _ = ac(step.final_obs, state)
+            state = _restart_state(ac, state, step.dead, step.burnin_obs)
+            for seq, x in ((all_logits, logits), (acts, act), (values, value), (rews, step.rew), (ends, step.end),
+                           (truncs, step.trunc), (deads, step.dead), (values_final, v_final)):
+                seq.append(x)
+            obs = step.obs
     with torch.no_grad():
         _, v_last, _ = ac(obs, state)
-    # value of the step after t: the next forward's value, or V(final_obs) where the game died at t
+    # value of the step after t: the next forward's value, or V(final frame) where the game died at t
     nexts = [v.detach() for v in values[1:]] + [v_last]
-    value_next = torch.stack([torch.where(dead, v_dead, nxt) if v_dead is not None else nxt
-                              for (dead, v_dead), nxt in zip(values_next, nexts)], dim=1)
+    value_next = torch.stack([torch.where(d, v_final, nxt) for d, v_final, nxt in zip(deads, values_final, nexts)], 1)
     rew, end = torch.stack(rews, 1), torch.stack(ends, 1)
     loss_cfg = ActorCriticLossConfig(cfg.gamma, cfg.lam, cfg.weight_value_loss, cfg.weight_entropy_loss)
     loss, terms = actor_critic_loss(torch.stack(all_logits, 1), torch.stack(acts, 1), torch.stack(values, 1),
                                     rew, end, torch.stack(truncs, 1), value_next, loss_cfg)
     grad_norm = optimizer.step(loss)
-    metrics = {k: float(v) for k, v in terms.items()}
-    metrics.update(imagined_reward=rew.sum(1).mean().item(), imagined_end_rate=end.float().mean().item(),
+    metrics = dict(terms, imagined_reward=rew.sum(1).mean(), imagined_end_rate=end.float().mean(),
                    grad_norm=grad_norm, lr=optimizer.lr)
     return metrics, (state[0].detach(), state[1].detach())

@@ -34,23 +34,31 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         last_epoch = s.counters.num_epochs if max_epochs is None else min(max_epochs, s.counters.num_epochs)
         for epoch in range(s.counters.epoch + 1, last_epoch + 1):
             t0 = time.perf_counter()
+            laps = [("start", t0)]  # phase ends: the epoch's time split in the metrics (time/{phase}_s)
+            lap = lambda phase: laps.append((phase, time.perf_counter()))
             collected = {}
             if s.collector is not None and epoch <= s.counters.num_collect_epochs:
                 collected = s.collect(s.cfg.collect_steps_per_epoch)
+            lap("collect")
             barrier(world)
             s.store.refresh()  # other ranks: pick up the episodes rank 0 just wrote
             first, metrics = epoch == 1, {}
             metrics |= s.run_updates("denoiser", epoch, first, lambda: denoiser_update(
                 s.agent, s.samplers["denoiser"].sample().to(world.device), s.optims["denoiser"]))
+            lap("denoiser")
             metrics |= s.run_updates("rew_end", epoch, first, lambda: rew_end_update(
                 s.agent, s.samplers["rew_end"].sample().to(world.device), s.optims["rew_end"]))
+            lap("rew_end")
             if s.imagination is not None:
                 metrics |= s.run_updates("actor_critic", epoch, first, lambda: s.imagine_update(actor_critic_update))
+            lap("actor_critic")
             metrics = collected | all_reduce_mean(metrics, world)
             if s.collector is not None and epoch % s.cfg.eval_every == 0:
                 metrics |= s.evaluate(s.cfg.eval_episodes, "test")
+            lap("evaluate")
             s.counters.epoch = epoch
             metrics["time/epoch_s"] = time.perf_counter() - t0
+            metrics |= {f"time/{phase}_s": end - start for (_, start), (phase, end) in zip(laps, laps[1:])}
             s.save(metrics)
             barrier(world)
         summary = {"finished": False, "epoch": s.counters.epoch}

@@ -39,39 +39,67 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 class ModelOptimizer:
     """AdamW + linear warm-up + gradient clipping for one model.
 
-    `step(loss)` runs backward, syncs gradients if asked, clips, steps and advances the schedule; it returns the gradient norm
-    before clipping. As the reference, the first optimizer step has learning rate 0 (warm-up starts at 0).
+    `step(loss)` runs backward, syncs gradients if asked, clips, steps and advances the schedule; it returns the
+    gradient norm before clipping, as a 0-dim tensor on the model's device. As the reference, the first optimizer
+    step has learning rate 0 (warm-up starts at 0).
+
+    Nothing here reads the device: the learning rate lives in a device tensor that the fused AdamW reads there
+    (the schedule is advanced on the device too), and the gradient norm stays a tensor. So a GPU never waits
+    for the host here, as capturing the step in a CUDA graph would also need.
     """
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, grad_sync: Callable[[nn.Module], None] | None = None) -> None:
         self.model = model
         self.cfg = cfg
         self.grad_sync = grad_sync  # e.g. averaging over data-parallel ranks (training.ddp.average_gradients)
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, eps=cfg.eps)
-        warmup = max(1, cfg.warmup_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: min(1.0, step / warmup))
+        device = next(model.parameters()).device
+        self._warmup = max(1, cfg.warmup_steps)
+        self._num_steps = 0
+        self._step = torch.zeros((), device=device)  # the schedule's step count, on the device
+        self._lr = torch.zeros((), device=device)  # LambdaLR(step / warmup) at step 0
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=self._lr, eps=cfg.eps,
+                                           **_fast_kernel(device))
+        self._attach_lr()
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The learning rate of the next step (a host value: no device read)."""
+        return self.cfg.lr * min(1.0, self._num_steps / self._warmup)
 
     @property
     def num_steps(self) -> int:
-        return self.scheduler.last_epoch
+        return self._num_steps
 
-    def step(self, loss: torch.Tensor) -> float:
+    def step(self, loss: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_sync is not None:
             self.grad_sync(self.model)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
-        return float(grad_norm)
+        self._num_steps += 1
+        self._step += 1
+        torch.mul(self._step.div(self._warmup).clamp_(max=1.0), self.cfg.lr, out=self._lr)
+        return grad_norm.detach()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        # "scheduler" keeps the form of torch's LambdaLR state ("last_epoch": steps done)
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": {"last_epoch": self._num_steps}}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self._num_steps = int(state["scheduler"]["last_epoch"])
+        self._step.fill_(self._num_steps)
+        self._lr.fill_(self.lr)
+        self._attach_lr()
+
+    def _attach_lr(self) -> None:
+        """Every parameter group reads the one device lr (a loaded state dict brings its own values)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr
+
+
+def _fast_kernel(device: torch.device) -> dict:
+    """AdamW's fused kernel (one launch for all parameters; it reads the lr as a device tensor) where torch has
+    it for the device, else the capturable for-each one (which reads it there too)."""
+    return {"fused": True} if device.type in ("cuda", "cpu", "xpu", "mps") else {"foreach": True, "capturable": True}

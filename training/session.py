@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from model.agent import Agent, AgentConfig
 from training.ddp import World, average_gradients, broadcast_module
+from training.device_segments import DeviceEpisodes, DeviceSegmentSampler
 from training.episode_store import EpisodeStore
 from training.imagination import Imagination
 from training.optim import ModelOptimizer
@@ -58,10 +59,13 @@ class Session:
         weights = tuple(cfg.sample_weights) or None
         if dataset:
             weights = None  # as the reference's static-dataset mode: length-proportional sampling
+        # on a GPU the store's frames stay resident there and batches are gathered there (same batches)
+        resident = DeviceEpisodes(self.store, dev) if torch.device(dev).type == "cuda" else None
+        sampler = partial(DeviceSegmentSampler, device=dev, episodes=resident) if resident else SegmentSampler
         self.samplers = {
-            m: SegmentSampler(self.store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
-                              can_sample_beyond_end=(m == "rew_end"), sample_weights=weights, rank=world.rank,
-                              world_size=world.world_size, seed=cfg.seed * 1000 + world.rank)
+            m: sampler(self.store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
+                       can_sample_beyond_end=(m == "rew_end"), sample_weights=weights, rank=world.rank,
+                       world_size=world.world_size, seed=cfg.seed * 1000 + world.rank)
             for m in MODELS}
         self.generator = torch.Generator(dev)
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
@@ -190,16 +194,15 @@ class Session:
         """`steps_first_epoch` or `steps_per_epoch` calls of update() -> mean metrics as {model/train/key}."""
         mcfg = getattr(self.cfg, model)
         n = mcfg.steps_first_epoch if first else mcfg.steps_per_epoch
-        sums: dict[str, float] = {}
+        sums: dict = {}  # device tensors (the updates' metrics), read once at the end: no sync per update
         bar = tqdm(range(n), desc=f"epoch {epoch}/{self.counters.num_epochs} {model}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         for _ in bar:
             m = update()
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k.startswith("loss")}, refresh=False)
         self.counters.updates[model] += n
-        return {f"{model}/train/{k}": v / n for k, v in sums.items()} if n else {}
+        return {f"{model}/train/{k}": float(v) / n for k, v in sums.items()} if n else {}
 
     def imagine_update(self, update_fn) -> dict:
         metrics, self.ac_state = update_fn(self.agent, self.imagination, self.optims["actor_critic"],

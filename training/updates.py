@@ -1,5 +1,8 @@
 """One update of each world-model part: tensors in, metrics out, no run directory needed.
 
+The metrics are 0-dim device tensors (`lr` a float): nothing here waits for the device, and the caller reads
+them once per epoch.
+
 `dreamarcade bench` times these directly (denoiser batch 32 x 6 frames, reward/end 32 x 19); the loop calls
 them `steps_per_epoch` times. The actor-critic's update lives in `training.imagination` (it needs rollouts).
 """
@@ -21,7 +24,7 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
     grad_norm = optimizer.step(loss)
-    return {"loss_denoising": loss.item(), "grad_norm": grad_norm, "lr": optimizer.lr}
+    return {"loss_denoising": loss.detach(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
 
 def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = "float32") -> dict:
@@ -30,7 +33,7 @@ def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: st
     with autocast(agent.device, precision):
         loss_rew, loss_end = agent.rew_end.loss_terms(batch)
     grad_norm = optimizer.step(loss_rew + loss_end)
-    return {"loss_rew": loss_rew.item(), "loss_end": loss_end.item(), "grad_norm": grad_norm, "lr": optimizer.lr}
+    return {"loss_rew": loss_rew.detach(), "loss_end": loss_end.detach(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
 
 @torch.no_grad()

@@ -11,17 +11,20 @@ Measure the speed figures of DESIGN.md on this machine and compare them with the
 (diamond.md section 7: 2-core AMD EPYC CPU): the play step (batch 1: actor + 3 Euler denoising steps +
 reward/end, reference-size model, 4 actions, 64x64) in every precision, denoiser training (batch 32),
 reward/end training (32 x 19), actor-critic training in imagination (32 envs x 15 steps, with backward),
-and real-env collection. Medians over repeated runs after warm-up, random weights, synthetic data.
+real-env collection, and on a GPU one real atari100k training epoch end to end (epoch_s, split by phase) and
+the run it implies (run_hours_estimate, 1000 epochs). Medians over repeated runs after warm-up, random weights,
+synthetic data (the epoch: real play of --game).
 A full run of the reference-size model takes several minutes on 2 CPU cores; --quick does one run of each.
 
 examples:
   dreamarcade bench --json bench.json
   dreamarcade bench --quick --only play
-  dreamarcade bench --device cuda --json bench-gpu.json      (a GPU; the reference's numbers are CPU numbers)
+  dreamarcade bench --device cuda --json bench-gpu.json      (a GPU, with epoch_s: one real atari100k epoch)
+  dreamarcade bench --only epoch --preset tiny --game Catch --batch-size 2 --epoch-updates 2   (its smoke test)
   dreamarcade bench --quick --preset tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
 """
 
-PARTS = ("play", "denoiser", "rew_end", "imagination", "collect")
+PARTS = ("play", "denoiser", "rew_end", "imagination", "collect", "epoch")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -33,8 +36,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--quick", action="store_true", help="fewer and shorter runs (noisier)")
     p.add_argument("--preset", default="atari100k",
                    help="model size (default atari100k, the reference's; tiny for smoke tests)")
-    p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
-                   help=f"measure only these: {', '.join(PARTS)} (default: all)")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
+                   help=f"measure only these: {', '.join(PARTS)} (default: all; epoch, a real atari100k training "
+                        "epoch, only on a GPU)")
+    p.add_argument("--epoch-updates", type=int, default=400, metavar="N",
+                   help="updates per model in the timed epoch (default 400, atari100k's; fewer are scaled to 400)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
     p.add_argument("--train-precision", choices=("float32", "bfloat16"), default="float32",
@@ -60,11 +66,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.epoch_updates < 1:
+        raise ValueError(f"--epoch-updates must be at least 1, got {args.epoch_updates}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     from app.player.launch import resolve_device
 
     device = resolve_device(args.device)
+    parts = args.only or [p for p in PARTS if p != "epoch" or torch.device(device).type == "cuda"]
     if args.json:
         out = Path(args.json)
         if out.parent and not out.parent.exists():
@@ -72,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads or threads)
-        report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
+        report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(parts),
                            game=args.game, batch_size=args.batch_size,
-                           train_precision=args.train_precision, device=device,
+                           train_precision=args.train_precision, device=device, epoch_updates=args.epoch_updates,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)
