@@ -18,7 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from training.games import HUMAN_SCORES, RANDOM_SCORES, resolve_game
+from training.games import get_game
+from weights.errors import NotFound, UserError
 
 DIAMOND_RESULTS = "diamond_atari100k.json"  # DIAMOND's 5 published seeds per game, in training/data/
 METRICS = ("mean", "median", "iqm", "superhuman")
@@ -33,8 +34,8 @@ class BootstrapConfig:
 
 def human_normalized(game: str, scores: float | Sequence[float] | np.ndarray) -> np.ndarray:
     """HNS = (score - random) / (human - random) with the standard Atari 100k constants."""
-    game = resolve_game(game)
-    rand, human = RANDOM_SCORES[game], HUMAN_SCORES[game]
+    g = get_game(game)
+    rand, human = g.random_score, g.human_score
     return (np.asarray(scores, dtype=np.float64) - rand) / (human - rand)
 
 
@@ -80,7 +81,7 @@ def validate_results(raw: object) -> dict[str, list[float]]:
         raise ValueError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
     results: dict[str, list[float]] = {}
     for name, scores in raw.items():
-        game = resolve_game(str(name))
+        game = get_game(str(name)).name
         if game in results:
             raise ValueError(f"game {game} appears twice")
         if isinstance(scores, (int, float)) and not isinstance(scores, bool):

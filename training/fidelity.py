@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
-from training.evaluate import game_name, make_game_env
+from training.atari_env import make_env
+from training.games import resolve_game
 
 CONTEXT = 4  # frames of context the denoiser is conditioned on
 MAX_PSNR = 60.0  # identical frames: PSNR is infinite, counted as 60 dB so means stay finite
@@ -104,7 +105,7 @@ def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
     size = agent.config.img_size
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    env = make_game_env(game, train=True)
+    env = make_env(game, train=True)
     obs = torch.zeros(cfg.contexts, steps, 3, size, size, dtype=torch.uint8)
     act = torch.zeros(cfg.contexts, steps, dtype=torch.long)
     rew = torch.zeros(cfg.contexts, cfg.horizon)
@@ -234,10 +235,10 @@ def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 1
 
 def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), out_dir: str | Path | None = None) -> dict:
     """Record real trajectories, imagine them, compare -> JSON-safe dict; writes `strip.png` into out_dir."""
-    game = game_name(game)
+    game = resolve_game(game)
     if cfg.policy not in ("agent", "random"):
         raise ValueError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
-    probe = make_game_env(game, train=False)
+    probe = make_env(game, train=False)
     num_actions = int(probe.action_space.n)
     probe.close()
     if agent.num_actions != num_actions:
@@ -292,6 +293,6 @@ def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConf
     """Load weights (any `--weights` source) for `game` and measure their fidelity."""
     from weights import load_agent
 
-    game = game_name(game)
+    game = resolve_game(game)
     agent = load_agent(source, game=game, device=device)
     return {"weights": source or "default", **measure_fidelity(agent, game, cfg, out_dir)}

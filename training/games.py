@@ -1,4 +1,4 @@
-"""The 26 Atari 100k games: names, ALE ids and the score constants used to normalise results.
+"""Game names: the 26 Atari 100k games (ALE ids, score constants), the toy games, and the one resolver of names.
 
 Random and human scores are the standard Atari 100k constants (IRIS's RANDOM.json / HUMAN.json, human =
 30-minute cap); DIAMOND is the mean final score of its 5 published seeds (reference/atari100k.md).
@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+
+from weights.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,6 @@ class Game:
     def env_id(self) -> str:
         """gymnasium id registered by ale-py, e.g. "ALE/MsPacman-v5"."""
         return f"ALE/{self.name}-v5"
-
-    def human_normalized(self, score: float) -> float:
-        """(score - random) / (human - random)."""
-        return (score - self.random_score) / (self.human_score - self.random_score)
 
 
 _TABLE = [
@@ -61,9 +59,10 @@ _TABLE = [
 GAMES: dict[str, Game] = {row[0]: Game(*row) for row in _TABLE}
 GAME_NAMES: tuple[str, ...] = tuple(GAMES)
 
-RANDOM_SCORES = {g.name: g.random_score for g in GAMES.values()}
-HUMAN_SCORES = {g.name: g.human_score for g in GAMES.values()}
-DIAMOND_SCORES = {g.name: g.diamond_score for g in GAMES.values()}
+
+# Toy games (training.toy_env registers them): canonical name -> gymnasium id.
+TOY_GAMES = {"Catch": "dreamarcade/Catch-v0"}
+_TOY_BY_KEY = {name.lower(): name for name in TOY_GAMES}
 
 # DIAMOND section 2, measured with ALE's minimal action sets.
 MINIMAL_ACTION_COUNTS = {
@@ -86,16 +85,23 @@ _BY_KEY = {_key(g.name): g.name for g in GAMES.values()}
 
 
 def resolve_game(name: str) -> str:
-    """Canonical Atari 100k name for `name` ("breakout", "ms_pacman", "ALE/Pong-v5", "PongNoFrameskip-v4").
+    """The canonical name of a game, the one resolver of game names:
+    - one of the 26 Atari 100k games in any spelling: "breakout", "ms_pacman", "ALE/Pong-v5", "PongNoFrameskip-v4";
+    - a toy game: "catch" -> "Catch";
+    - any other gymnasium id, kept as given: a name with a "/" ("ALE/SpaceInvaders-v5", "MyGames/Maze-v0").
 
-    Raises ValueError with one line naming the closest games when `name` is not one of the 26.
+    Raises UserError with one line naming the closest games otherwise.
     """
-    found = _BY_KEY.get(_key(str(name)))
+    name = str(name).strip()
+    found = _BY_KEY.get(_key(name)) or _TOY_BY_KEY.get(name.lower())
     if found is not None:
         return found
-    close = difflib.get_close_matches(_key(str(name)), list(_BY_KEY), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(_BY_KEY[c] for c in close)}?" if close else "run `dreamarcade games` for the list."
-    raise ValueError(f"unknown game {name!r}: {hint}")
+    if "/" in name:
+        return name
+    choices = {**_BY_KEY, **_TOY_BY_KEY}
+    close = difflib.get_close_matches(_key(name), list(choices), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(choices[c] for c in close)}?" if close else "run `dreamarcade games` for the list."
+    raise UserError(f"unknown game {name!r}: {hint}")
 
 
 def is_atari_game(name: str) -> bool:
@@ -104,5 +110,15 @@ def is_atari_game(name: str) -> bool:
 
 
 def get_game(name: str) -> Game:
-    """The `Game` record for any spelling accepted by `resolve_game`."""
-    return GAMES[resolve_game(name)]
+    """The `Game` record of one of the 26 Atari 100k games, in any spelling; UserError for any other game."""
+    game = resolve_game(name)
+    if game not in GAMES:
+        raise UserError(f"{game} is not one of the 26 Atari 100k games (it has no Atari 100k scores)")
+    return GAMES[game]
+
+
+def env_id(game: str) -> str:
+    """The gymnasium id that plays `game` (any name `resolve_game` accepts): ALE/{Game}-v5, a toy game's id,
+    or the id as given."""
+    game = resolve_game(game)
+    return GAMES[game].env_id if game in GAMES else TOY_GAMES.get(game, game)

@@ -62,6 +62,15 @@ class RunDir:
             self._tb = ScalarWriter(self.path / "tensorboard")
         self._tb.add_scalars(metrics, epoch)
 
+    def drop_metrics_after(self, epoch: int | None) -> None:
+        """Keeps the metrics rows of epochs up to `epoch` (None: none), rewriting the file atomically: a run
+        resumed from the checkpoint of `epoch` logs the later epochs again."""
+        rows = self.read_metrics()
+        kept = [row for row in rows if epoch is not None and row.get("epoch", 0) <= epoch]
+        if len(kept) != len(rows):
+            text = "".join(json.dumps(row) + "\n" for row in kept)
+            atomic_write(self.metrics_path, lambda f: f.write(text.encode()))
+
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
             return []

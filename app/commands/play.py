@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         meanings = None
         if args.game:  # action names instead of numbers
-            from app.player.launch import resolve_game
+            from training.games import resolve_game
             from app.player.sources import make_real_env
 
             env = make_real_env(resolve_game(args.game))

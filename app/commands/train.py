@@ -82,15 +82,13 @@ def run(args) -> int:
 
 
 def _game_name(name: str, dataset: str | None) -> str:
-    """Canonical name: an Atari 100k game, "Catch", or (static-dataset mode only) any name the user likes."""
+    """Canonical name (`training.games.resolve_game`), or in static-dataset mode any name the user likes."""
     from training.games import resolve_game
-    from training.toy_env import toy_env_id
+    from weights.errors import UserError
 
-    if toy_env_id(name):
-        return "Catch"
     try:
         return resolve_game(name)
-    except ValueError:
+    except UserError:
         if dataset:
             return name
         raise

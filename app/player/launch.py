@@ -11,19 +11,9 @@ import torch
 
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
+from training.games import resolve_game
 
 DEFAULT_GAME = "Breakout"
-
-
-def resolve_game(name: str) -> str:
-    """Canonical game name ('breakout' -> 'Breakout', 'catch' -> 'Catch', the toy game of the tests and
-    quick training runs); ValueError naming close matches otherwise."""
-    from training.games import resolve_game as resolve
-    from training.toy_env import toy_env_id
-
-    if toy_env_id(name):
-        return name.strip().capitalize()
-    return resolve(name)
 
 
 def resolve_device(device: str) -> torch.device:

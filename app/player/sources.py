@@ -21,9 +21,8 @@ def make_real_env(game: str, seed: int | None = None):
     """The real test env (full games) of the Atari 100k protocol, 64x64x3 uint8 observations
     (or the toy game Catch, same format)."""
     from training.atari_env import make_env
-    from training.toy_env import toy_env_id
 
-    return make_env(toy_env_id(game) or game, train=False, seed=seed)
+    return make_env(game, train=False, seed=seed)
 
 
 def original_frame(env, info: dict) -> np.ndarray | None:
