@@ -76,7 +76,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
             final = real.evaluate(cfg.final_eval_episodes, seed=cfg.seed, tag="final")
             summary = s.finish(final, eval_seed=cfg.seed)
         real.close()
-        run.close()
+        s.close()
         return summary
     finally:
         close_world(world)

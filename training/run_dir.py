@@ -3,7 +3,7 @@
     RUN/config.json          the TrainConfig and the AgentConfig (JSON)
     RUN/metrics.jsonl        one JSON object per log call: {"epoch": e, "key": value, ...}
     RUN/tensorboard/         the same scalars as TensorBoard event files
-    RUN/plots/*.png          learning curves, redrawn after every epoch
+    RUN/plots/*.png          learning curves, redrawn at most once a minute and at the end of a session
     RUN/checkpoint.pt        models, optimizers, schedules, counters, RNG states (torch.load weights_only)
     RUN/weights/             the agent in the dreamarcade weights format, after every epoch
     RUN/store/               the episode store (owned by training.episode_store)

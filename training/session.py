@@ -28,6 +28,7 @@ from weights.errors import NotFound, UserError
 
 CHECKPOINT_VERSION = 1
 MODELS = ("denoiser", "rew_end", "actor_critic")
+PLOT_EVERY_S = 60  # learning curves are redrawn at most this often (a few seconds each), and at the end
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Session:
             for m in MODELS}
         self.generator = torch.Generator(dev)
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
-        self._t_start = time.perf_counter()
+        self._t_start = self._t_plot = time.perf_counter()
+        self._unplotted = False
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
@@ -160,8 +162,14 @@ class Session:
         self.run.save_checkpoint(self.state_dict())
         self.run.save_weights(self.agent, {"game": self.cfg.game, "epoch": c.epoch, "real_steps": c.real_steps,
                                            "source": "dreamarcade train", "preset_model": self.cfg.model})
-        self.run.plot()
+        self._unplotted = True
+        if now - self._t_plot >= PLOT_EVERY_S:  # and at the end of the session (close)
+            self.plot()
         self._report(metrics)
+
+    def plot(self) -> None:
+        self.run.plot()
+        self._t_plot, self._unplotted = time.perf_counter(), False
 
     def _report(self, metrics: dict) -> None:
         c = self.counters
@@ -184,9 +192,15 @@ class Session:
         if self.world.is_main:
             if final:
                 self.run.log(final, c.epoch)
-                self.run.plot()
+                self._unplotted = True
             self.run.mark_finished(summary)
         return summary
+
+    def close(self) -> None:
+        """Draws the curves of what was logged since they were last drawn; closes the run's logs."""
+        if self._unplotted:
+            self.plot()
+        self.run.close()
 
 
 def static_dataset_config(cfg: TrainConfig) -> TrainConfig:
