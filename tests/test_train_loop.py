@@ -19,6 +19,7 @@ from training.optim import ModelOptimizer, OptimConfig, param_groups
 from training.presets import PRESETS, TrainConfig, get_preset
 from training.run_dir import RunDir
 from training.tensorboard_log import read_scalars
+from weights.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # no OpenMP spin-waits on a shared CPU
@@ -150,8 +151,17 @@ def test_presets_round_trip_through_json():
     paper = get_preset("atari100k")
     assert (paper.denoiser.steps_per_epoch, paper.actor_critic.steps_first_epoch) == (400, 5000)
     assert paper.imagination.horizon == 15 and paper.actor_critic.batch_size == 32
-    with pytest.raises(ValueError, match="unknown training config keys"):
-        TrainConfig.from_dict({"gamma": 0.9})
+    with pytest.raises(UserError, match="unknown key 'gamma'"):
+        TrainConfig.from_dict({**paper.to_dict(), "gamma": 0.9})
+    # a missing key is not silently a default (no sample_weights would mean "sample by episode length")
+    d = paper.to_dict()
+    del d["sample_weights"]
+    with pytest.raises(UserError, match="missing key 'sample_weights'"):
+        TrainConfig.from_dict(d)
+    d = paper.to_dict()
+    d["denoiser"]["optim"]["lr_max"] = 1e-3  # a nested key: named with its path, not a TypeError
+    with pytest.raises(UserError, match=r"unknown key 'denoiser\.optim\.lr_max'"):
+        TrainConfig.from_dict(d)
 
 
 def test_optimizer_weight_decay_split_warmup_and_state():

@@ -52,18 +52,18 @@ def load_results(source: str | Path) -> dict[str, list[float]]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"results file not found: {path}")
+            raise NotFound(f"results file not found: {path}")
         text, name = path.read_text(), str(path)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise UserError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
         if isinstance(raw, dict) and "game" in raw and "mean_return" in raw:  # one `dreamarcade eval` result
             raw = {str(raw["game"]): [raw["mean_return"]]}
         return validate_results(raw)
     except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise UserError(f"{name}: {e}") from None
 
 
 def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
@@ -78,24 +78,24 @@ def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, l
 def validate_results(raw: object) -> dict[str, list[float]]:
     """Check the `{"Game": [scores]}` shape and canonicalize game names; raises ValueError."""
     if not isinstance(raw, Mapping) or not raw:
-        raise ValueError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
+        raise UserError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
     results: dict[str, list[float]] = {}
     for name, scores in raw.items():
         game = get_game(str(name)).name
         if game in results:
-            raise ValueError(f"game {game} appears twice")
+            raise UserError(f"game {game} appears twice")
         if isinstance(scores, (int, float)) and not isinstance(scores, bool):
             scores = [scores]
         if (not isinstance(scores, list) or not scores
                 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
-            raise ValueError(f"{name}: expected a list of numbers (one score per run), got {scores!r}")
+            raise UserError(f"{name}: expected a list of numbers (one score per run), got {scores!r}")
         if not all(math.isfinite(s) for s in scores):
-            raise ValueError(f"{name}: scores must be finite numbers")
+            raise UserError(f"{name}: scores must be finite numbers")
         results[game] = [float(s) for s in scores]
     counts = {len(s) for s in results.values()}
     if len(counts) != 1:
         per_game = ", ".join(f"{g}: {len(s)}" for g, s in results.items())
-        raise ValueError(f"every game needs the same number of runs (got {per_game})")
+        raise UserError(f"every game needs the same number of runs (got {per_game})")
     return results
 
 

@@ -124,10 +124,10 @@ class ImageObs(gym.ObservationWrapper):
         space = env.observation_space
         name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         if not isinstance(env.action_space, gym.spaces.Discrete):
-            raise ValueError(f"{name}: needs a discrete action space, got {env.action_space}")
+            raise UserError(f"{name}: needs a discrete action space, got {env.action_space}")
         if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
                 and (len(space.shape) == 2 or space.shape[-1] in (1, 3))):
-            raise ValueError(f"{name}: needs uint8 image observations (H, W), (H, W, 1) or (H, W, 3), got {space}")
+            raise UserError(f"{name}: needs uint8 image observations (H, W), (H, W, 1) or (H, W, 3), got {space}")
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
 

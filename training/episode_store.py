@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from weights.atomic import atomic_write, fsync_dir
+from weights.errors import NotFound, UserError
 
 _NAME = re.compile(r"^(\d+)\.npz$")
 
@@ -99,13 +100,13 @@ def load_episode(path: str | Path) -> Episode:
         with np.load(path, allow_pickle=False) as data:
             missing = [f.name for f in fields(Episode) if f.name not in data.files]
             if missing:
-                raise ValueError(f"missing arrays {missing}")
+                raise UserError(f"missing arrays {missing}")
             arrays = {f.name: data[f.name] for f in fields(Episode)}
         if arrays["obs"].dtype != np.uint8 or arrays["final_obs"].dtype != np.uint8:
-            raise ValueError(f"frames must be uint8, got {arrays['obs'].dtype}")
+            raise UserError(f"frames must be uint8, got {arrays['obs'].dtype}")
         return Episode(**arrays)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"corrupt episode file {path}: {err}") from None
+        raise UserError(f"corrupt episode file {path}: {err}") from None
 
 
 def read_length(path: str | Path) -> int:
@@ -122,12 +123,12 @@ def read_length(path: str | Path) -> int:
                     shape, _, dtype = read_header(member)
                     shapes[f.name] = (shape, dtype)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"corrupt episode file {path}: {err}") from None
+        raise UserError(f"corrupt episode file {path}: {err}") from None
     obs_shape, obs_dtype = shapes["obs"]
     t = obs_shape[0] if len(obs_shape) == 4 else -1
     bad = [n for n in ("act", "rew", "end", "trunc") if shapes[n][0] != (t,)]
     if obs_dtype != np.uint8 or t <= 0 or obs_shape[1] != 3 or bad or shapes["final_obs"][0] != obs_shape[1:]:
-        raise ValueError(f"corrupt episode file {path}: inconsistent shapes {shapes}")
+        raise UserError(f"corrupt episode file {path}: inconsistent shapes {shapes}")
     return t
 
 
@@ -145,7 +146,7 @@ class EpisodeStore:
         if not static:
             self.path.mkdir(parents=True, exist_ok=True)
         elif not self.path.is_dir():
-            raise FileNotFoundError(f"episode folder {self.path} does not exist")
+            raise NotFound(f"episode folder {self.path} does not exist")
         self._files: list[Path] = []
         self._ids: list[int] = []
         self._lengths: list[int] = []

@@ -18,6 +18,7 @@ import torch
 from model.pixels import to_float, to_uint8
 from training.atari_env import make_env
 from training.games import resolve_game
+from weights.errors import UserError
 
 CONTEXT = 4  # frames of context the denoiser is conditioned on
 MAX_PSNR = 60.0  # identical frames: PSNR is infinite, counted as 60 dB so means stay finite
@@ -237,12 +238,12 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
     """Record real trajectories, imagine them, compare -> JSON-safe dict; writes `strip.png` into out_dir."""
     game = resolve_game(game)
     if cfg.policy not in ("agent", "random"):
-        raise ValueError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
+        raise UserError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
     probe = make_env(game, train=False)
     num_actions = int(probe.action_space.n)
     probe.close()
     if agent.num_actions != num_actions:
-        raise ValueError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
+        raise UserError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
     agent.eval()
     real = record_real(agent, game, cfg)
     fake = imagine(agent, real, cfg)

@@ -23,6 +23,7 @@ import torch
 
 from training.tensorboard_log import ScalarWriter
 from weights.atomic import atomic_write
+from weights.errors import NotFound, UserError
 
 
 class RunDir:
@@ -48,9 +49,9 @@ class RunDir:
         try:
             return json.loads(self.config_path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.config_path}: no config.json, so this is not a training run directory")
+            raise NotFound(f"{self.config_path}: no config.json, so this is not a training run directory")
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.config_path}: not valid JSON ({e})")
+            raise UserError(f"{self.config_path}: not valid JSON ({e})")
 
     # metrics
     def log(self, metrics: dict, epoch: int) -> None:
@@ -126,7 +127,7 @@ class RunDir:
         try:
             return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which file
-            raise ValueError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
+            raise UserError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
 
     def save_weights(self, agent, metadata: dict) -> Path:
         """Saves the agent in the dreamarcade format to RUN/weights/ (`weights.save_agent` writes atomically)."""

@@ -15,6 +15,7 @@ from app.player.hud import Hud, Status
 from app.player.keymap import Keymap
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array
 from app.player.session import Session
+from weights.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
                  size: int = 256, episodes_dir: Path | None = None, log=print) -> HeadlessResult:
     """Plays `steps` agent steps as fast as possible. Raises ValueError on a bad step count."""
     if steps < 1:
-        raise ValueError(f"--steps must be at least 1, not {steps}")
+        raise UserError(f"--steps must be at least 1, not {steps}")
     video = VideoRecorder(record, fps) if record is not None else None
     episodes = EpisodeRecorder(episodes_dir) if episodes_dir is not None else None
     hud = surface = None

@@ -12,6 +12,7 @@ import torch
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
 from training.games import resolve_game
+from weights.errors import UserError
 
 DEFAULT_GAME = "Breakout"
 
@@ -20,11 +21,11 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+        raise UserError(f"--device {device}: this torch has no CUDA device; use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
     return dev
 
 
@@ -34,13 +35,13 @@ def load_weights(weights: str | None, game: str | None, device: torch.device):
     from weights import load_agent
 
     agent = load_agent(weights, game, device)
-    trained_on = (getattr(agent, "weights_info", None) or {}).get("game")
+    trained_on = agent.weights_info.get("game")
     if trained_on:
         trained_on = resolve_game(trained_on)
         if game is None:
             game = trained_on
         elif trained_on != game:
-            raise ValueError(
+            raise UserError(
                 f"the weights {weights or ''} were trained on {trained_on}, not {game}: "
                 f"use --game {trained_on}, or weights for {game}".replace("weights  were", "weights were")
             )
@@ -49,7 +50,7 @@ def load_weights(weights: str | None, game: str | None, device: torch.device):
 
 def check_actions(agent, real: RealSource, weights: str | None) -> None:
     if agent.num_actions != real.num_actions:
-        raise ValueError(
+        raise UserError(
             f"the weights {weights or ''} have {agent.num_actions} actions but {real.game} has "
             f"{real.num_actions} ({', '.join(real.meanings)}): they were trained on another game; "
             "pass --game with that game".replace("weights  have", "weights have")

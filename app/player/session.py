@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.player.sources import DreamSource, Policy, PolicyOutput, RealSource
+from weights.errors import UserError
 
 MODES = ("imagine", "real", "compare")
 CONTROLLERS = ("human", "agent", "random")
@@ -97,13 +98,13 @@ class Session:
     # ---- controls -------------------------------------------------------------------------
     def _check(self, mode: str, controller: str) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+            raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if controller not in CONTROLLERS:
-            raise ValueError(f"unknown controller {controller!r}: choose one of {', '.join(CONTROLLERS)}")
+            raise UserError(f"unknown controller {controller!r}: choose one of {', '.join(CONTROLLERS)}")
         if mode != "real" and self.dream is None:
-            raise ValueError(f"{mode} mode needs world-model weights; only real mode works without them")
+            raise UserError(f"{mode} mode needs world-model weights; only real mode works without them")
         if controller == "agent" and self.policy is None:
-            raise ValueError("the agent controller needs weights")
+            raise UserError("the agent controller needs weights")
 
     @property
     def meanings(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
+from weights.errors import UserError
 
 CONTEXT = 4  # frames of context the denoiser conditions on (DIAMOND's num_steps_conditioning)
 
@@ -127,7 +128,7 @@ class DreamSource:
     @denoising_steps.setter
     def denoising_steps(self, n: int) -> None:
         if n < 1:
-            raise ValueError(f"the number of denoising steps must be at least 1, not {n}")
+            raise UserError(f"the number of denoising steps must be at least 1, not {n}")
         self.wm.denoising_steps = int(n)
 
     @torch.inference_mode()
