@@ -62,11 +62,6 @@ class Episode:
         return len(self.act)
 
     @property
-    def complete(self) -> bool:
-        """True when the last step ended or truncated the episode."""
-        return bool(self.end[-1] or self.trunc[-1])
-
-    @property
     def ret(self) -> float:
         """Undiscounted raw return."""
         return float(self.rew.sum())

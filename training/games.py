@@ -1,7 +1,7 @@
 """Game names: the 26 Atari 100k games (ALE ids, score constants), the toy games, and the one resolver of names.
 
 Random and human scores are the standard Atari 100k constants (IRIS's RANDOM.json / HUMAN.json, human =
-30-minute cap); DIAMOND is the mean final score of its 5 published seeds (reference/atari100k.md).
+30-minute cap); DIAMOND's published scores are in training/data/diamond_atari100k.json (training.aggregate).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ class Game:
     rom: str           # ale-py ROM id, e.g. "ms_pacman"
     random_score: float
     human_score: float
-    diamond_score: float  # DIAMOND, mean over 5 seeds
 
     @property
     def env_id(self) -> str:
@@ -27,33 +26,33 @@ class Game:
 
 
 _TABLE = [
-    # name, rom, random, human, DIAMOND
-    ("Alien", "alien", 227.8, 7127.7, 744.1),
-    ("Amidar", "amidar", 5.8, 1719.5, 225.8),
-    ("Assault", "assault", 222.4, 742.0, 1526.4),
-    ("Asterix", "asterix", 210.0, 8503.3, 3698.5),
-    ("BankHeist", "bank_heist", 14.2, 753.1, 19.7),
-    ("BattleZone", "battle_zone", 2360.0, 37187.5, 4702.0),
-    ("Boxing", "boxing", 0.1, 12.1, 86.9),
-    ("Breakout", "breakout", 1.7, 30.5, 132.5),
-    ("ChopperCommand", "chopper_command", 811.0, 7387.8, 1369.8),
-    ("CrazyClimber", "crazy_climber", 10780.5, 35829.4, 99167.8),
-    ("DemonAttack", "demon_attack", 152.1, 1971.0, 288.1),
-    ("Freeway", "freeway", 0.0, 29.6, 33.3),
-    ("Frostbite", "frostbite", 65.2, 4334.7, 274.1),
-    ("Gopher", "gopher", 257.6, 2412.5, 5897.9),
-    ("Hero", "hero", 1027.0, 30826.4, 5621.8),
-    ("Jamesbond", "jamesbond", 29.0, 302.8, 427.4),
-    ("Kangaroo", "kangaroo", 52.0, 3035.0, 5382.2),
-    ("Krull", "krull", 1598.0, 2665.5, 8610.1),
-    ("KungFuMaster", "kung_fu_master", 258.5, 22736.3, 18713.6),
-    ("MsPacman", "ms_pacman", 307.3, 6951.6, 1958.2),
-    ("Pong", "pong", -20.7, 14.6, 20.4),
-    ("PrivateEye", "private_eye", 24.9, 69571.3, 114.3),
-    ("Qbert", "qbert", 163.9, 13455.0, 4499.3),
-    ("RoadRunner", "road_runner", 11.5, 7845.0, 20673.2),
-    ("Seaquest", "seaquest", 68.4, 42054.7, 551.2),
-    ("UpNDown", "up_n_down", 533.4, 11693.2, 3856.3),
+    # name, rom, random, human
+    ("Alien", "alien", 227.8, 7127.7),
+    ("Amidar", "amidar", 5.8, 1719.5),
+    ("Assault", "assault", 222.4, 742.0),
+    ("Asterix", "asterix", 210.0, 8503.3),
+    ("BankHeist", "bank_heist", 14.2, 753.1),
+    ("BattleZone", "battle_zone", 2360.0, 37187.5),
+    ("Boxing", "boxing", 0.1, 12.1),
+    ("Breakout", "breakout", 1.7, 30.5),
+    ("ChopperCommand", "chopper_command", 811.0, 7387.8),
+    ("CrazyClimber", "crazy_climber", 10780.5, 35829.4),
+    ("DemonAttack", "demon_attack", 152.1, 1971.0),
+    ("Freeway", "freeway", 0.0, 29.6),
+    ("Frostbite", "frostbite", 65.2, 4334.7),
+    ("Gopher", "gopher", 257.6, 2412.5),
+    ("Hero", "hero", 1027.0, 30826.4),
+    ("Jamesbond", "jamesbond", 29.0, 302.8),
+    ("Kangaroo", "kangaroo", 52.0, 3035.0),
+    ("Krull", "krull", 1598.0, 2665.5),
+    ("KungFuMaster", "kung_fu_master", 258.5, 22736.3),
+    ("MsPacman", "ms_pacman", 307.3, 6951.6),
+    ("Pong", "pong", -20.7, 14.6),
+    ("PrivateEye", "private_eye", 24.9, 69571.3),
+    ("Qbert", "qbert", 163.9, 13455.0),
+    ("RoadRunner", "road_runner", 11.5, 7845.0),
+    ("Seaquest", "seaquest", 68.4, 42054.7),
+    ("UpNDown", "up_n_down", 533.4, 11693.2),
 ]
 
 GAMES: dict[str, Game] = {row[0]: Game(*row) for row in _TABLE}

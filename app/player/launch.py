@@ -81,7 +81,7 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
                 raise
             print(f"note: no weights ({e}); playing the real game without the agent", file=sys.stderr)
     game = game or DEFAULT_GAME
-    real = RealSource(game, seed=seed)
+    real = RealSource(game, seed=seed, context=agent.denoiser.cfg.num_steps_conditioning if agent is not None else 1)
     try:
         dream = policy = None
         if agent is not None:
