@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from training.episode_store import EpisodeStore
@@ -86,9 +87,11 @@ class RealGame:
         if test_store is not None:
             n = self.agent.denoiser.cfg.num_steps_conditioning
             batches = lambda seq: (b.to(self.device) for b in iterate_segments(test_store, seq, 32))
-            out |= {f"denoiser/test/{k}": v for k, v in denoiser_test_loss(self.agent, batches(n + 2)).items()}
-            out |= {f"rew_end/test/{k}": v
-                    for k, v in rew_end_test_loss(self.agent, batches(self.cfg.rew_end.seq_length)).items()}
+            # the test losses draw noise: from a forked stream, so that testing leaves training's as it was
+            with torch.random.fork_rng(devices=[self.device] if torch.device(self.device).type == "cuda" else []):
+                out |= {f"denoiser/test/{k}": v for k, v in denoiser_test_loss(self.agent, batches(n + 2)).items()}
+                out |= {f"rew_end/test/{k}": v
+                        for k, v in rew_end_test_loss(self.agent, batches(self.cfg.rew_end.seq_length)).items()}
         return out
 
     def close(self) -> None:
