@@ -43,7 +43,7 @@ def load_results(source: str | Path) -> dict[str, list[float]]:
     """Read `{"Game": [score per run, ...]}` from a JSON file; `diamond` gives the shipped published seeds.
 
     A single number per game is read as one run, and so is the JSON that `dreamarcade eval --game G --json`
-    writes (its mean return). Raises FileNotFoundError, or ValueError naming the file
+    writes (its mean return). Raises NotFound, or UserError naming the file
     and what is wrong with it.
     """
     if str(source).lower() == "diamond":
@@ -76,7 +76,7 @@ def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, l
 
 
 def validate_results(raw: object) -> dict[str, list[float]]:
-    """Check the `{"Game": [scores]}` shape and canonicalize game names; raises ValueError."""
+    """Check the `{"Game": [scores]}` shape and canonicalize game names; raises UserError."""
     if not isinstance(raw, Mapping) or not raw:
         raise UserError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
     results: dict[str, list[float]] = {}

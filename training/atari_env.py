@@ -158,7 +158,7 @@ def make_atari_env(game: str, train: bool, seed: int | None = None, *, noop_max:
     """One Atari env under the protocol. Obs (size, size, 3) uint8; see the module docstring.
 
     `game`: one of the 26 Atari 100k games (any spelling `resolve_game` accepts), or any other ALE id such
-    as "ALE/SpaceInvaders-v5", which gets the same protocol. Raises ValueError for an unknown name (with
+    as "ALE/SpaceInvaders-v5", which gets the same protocol. Raises UserError for an unknown name (with
     close matches).
     """
     _register_ale()

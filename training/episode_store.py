@@ -89,7 +89,7 @@ def save_episode(ep: Episode, path: str | Path, sync_dir: bool = True) -> None:
 
 
 def load_episode(path: str | Path) -> Episode:
-    """Reads one episode file. Raises ValueError naming the file and what is wrong with it."""
+    """Reads one episode file. Raises UserError naming the file and what is wrong with it."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -106,7 +106,7 @@ def load_episode(path: str | Path) -> Episode:
 
 def read_length(path: str | Path) -> int:
     """Number of steps in an episode file, checking every array's header (not the frame data) so that a
-    truncated or malformed file is found when the store is opened. Raises ValueError naming the file."""
+    truncated or malformed file is found when the store is opened. Raises UserError naming the file."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -210,7 +210,7 @@ class EpisodeStore:
     # --- read / write --------------------------------------------------------------------------------
     def __getitem__(self, idx: int) -> Episode:
         """Episode number `idx` in creation order (0 = oldest), loaded on first use and kept.
-        Raises ValueError naming the file if its frame data turn out to be corrupt; that episode is then
+        Raises UserError naming the file if its frame data turn out to be corrupt; that episode is then
         reported once and its length set to 0, so that samplers leave it out."""
         if idx < 0:
             idx += len(self._files)

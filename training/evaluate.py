@@ -30,7 +30,7 @@ def evaluate(agent, game: str, episodes: int = 100, seed: int = 0, num_envs: int
     "hns"}, where hns is the human-normalized score of the mean return (None for a non-Atari game).
     `max_episode_steps` cuts episodes short (for quick checks; the protocol has no such cut). `store`: also
     write every test episode to this EpisodeStore (training measures its world model's test losses on them).
-    Raises ValueError if the agent's number of actions is not the game's.
+    Raises UserError if the agent's number of actions is not the game's.
     """
     game = resolve_game(game)
     if episodes < 1 or num_envs < 1:

@@ -87,6 +87,8 @@ class Session:
             if run.config_path.exists():
                 raise UserError(f"{run.path} already holds a training run: continue it with --resume, "
                                 "or choose another --run-dir")
+            if cfg is None:
+                raise ValueError("a new run needs a training config")
             if cfg.seed is None:
                 cfg = dataclasses.replace(cfg, seed=random.SystemRandom().randrange(2**31))
             if dataset:

@@ -39,7 +39,7 @@ def read_diamond_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The raw state dict (DIAMOND key names) of a `.pt` agent checkpoint, loaded on CPU.
 
     Never unpickles code: a file holding anything but tensors and plain containers is refused
-    (ValueError), as is a truncated or corrupt file; the message names the file.
+    (UserError), as is a truncated or corrupt file; the message names the file.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -80,7 +80,7 @@ def rename_diamond_state_dict(state: dict, where: str) -> dict[str, torch.Tensor
 def load_diamond_agent(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A model.Agent (reference Atari size, eval mode) with the weights of a DIAMOND `.pt` checkpoint.
 
-    Raises ValueError naming the file and the key for a missing, extra or misshaped key.
+    Raises UserError naming the file and the key for a missing, extra or misshaped key.
     """
     where = str(Path(path).expanduser())
     return agent_from_diamond_state(read_diamond_checkpoint(path), where).to(device).eval()

@@ -10,7 +10,7 @@ A weights directory holds `agent.safetensors` (plus, optionally, a model card `R
     dtype           dtype the tensors were stored in ("float32", or "float16"/"bfloat16" for shipping)
     info            JSON object: game, source, training steps... (whatever the writer passed as metadata)
 
-Every check on load gives a `ValueError` naming the file and what is wrong; float16/bfloat16 files
+Every check on load gives a `UserError` naming the file and what is wrong; float16/bfloat16 files
 come back as float32.
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
     """Parse and check a safetensors file's header without reading tensor data.
 
     Returns (metadata, tensor_specs) where tensor_specs maps key -> {"dtype", "shape", "data_offsets"}.
-    Raises ValueError naming the file for truncated, corrupt or non-safetensors files.
+    Raises UserError naming the file for truncated, corrupt or non-safetensors files.
     """
     file = Path(file)
     if not file.is_file():
@@ -161,7 +161,7 @@ def read_weights_info(file: str | os.PathLike) -> dict:
 
 
 def check_state_dict(expected: dict, found: dict, where: str, name=lambda key: key) -> None:
-    """Raise ValueError naming `where` and the first offending keys if `found` does not match
+    """Raise UserError naming `where` and the first offending keys if `found` does not match
     `expected` (key -> tensor) exactly in keys and shapes. `name` maps our key to the file's name."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
@@ -218,7 +218,7 @@ def _has_meta_tensors(module: torch.nn.Module) -> bool:
 def load_agent_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a dreamarcade weights file or directory into a new model.Agent (float32, eval mode).
 
-    Raises ValueError naming the file for a wrong format/version, bad config, action-count mismatch,
+    Raises UserError naming the file for a wrong format/version, bad config, action-count mismatch,
     missing/extra/misshaped keys, truncated or corrupt data; FileNotFoundError if it does not exist.
     """
     from model import AgentConfig

@@ -56,7 +56,7 @@ class HubSource:
 
 
 def parse_hub_source(source: str) -> HubSource:
-    """Parse `hf://OWNER/REPO[/PATH][@REVISION]`; ValueError with the expected form otherwise."""
+    """Parse `hf://OWNER/REPO[/PATH][@REVISION]`; UserError with the expected form otherwise."""
     rest = source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source
     revision = None
     if "@" in rest:

@@ -32,7 +32,7 @@ class HeadlessResult:
 
 def run_headless(session: Session, steps: int, record: Path | None = None, fps: float = 15.0,
                  size: int = 256, episodes_dir: Path | None = None, log=print) -> HeadlessResult:
-    """Plays `steps` agent steps as fast as possible. Raises ValueError on a bad step count."""
+    """Plays `steps` agent steps as fast as possible. Raises UserError on a bad step count."""
     if steps < 1:
         raise UserError(f"--steps must be at least 1, not {steps}")
     video = VideoRecorder(record, fps) if record is not None else None

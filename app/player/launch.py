@@ -1,6 +1,6 @@
 """Everything `play` checks and loads before a window opens: game, weights, action count, device.
 
-Errors here are one-line ValueErrors (the CLI prints them), so a wrong game or wrong weights are
+Errors here are one-line UserErrors (the CLI prints them), so a wrong game or wrong weights are
 reported before any window appears.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def resolve_device(device: str) -> torch.device:
 
 def load_weights(weights: str | None, game: str | None, device: torch.device):
     """-> (agent, game): loads with `weights.load_agent`, and takes the game from the weights when none is given.
-    Raises ValueError when the weights were trained on another game than the one asked for."""
+    Raises UserError when the weights were trained on another game than the one asked for."""
     from weights import load_agent
 
     agent = load_agent(weights, game, device)

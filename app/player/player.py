@@ -56,13 +56,13 @@ def _init_display() -> None:
 
 
 def check_display() -> None:
-    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
+    """Raises UserError with a --headless hint when no window can be shown (checked before loading weights)."""
     _init_display()
     pygame.display.quit()
 
 
 def open_display(size: tuple[int, int]) -> pygame.Surface:
-    """Opens the window; raises ValueError with a --headless hint when there is no display."""
+    """Opens the window; raises UserError with a --headless hint when there is no display."""
     _init_display()
     try:
         return pygame.display.set_mode(size)
