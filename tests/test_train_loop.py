@@ -89,6 +89,9 @@ def test_tiny_run_killed_again_and_again_keeps_its_budget_and_finishes(tmp_path,
     rows = RunDir(run).read_metrics()
     assert [r["epoch"] for r in rows if "counters/real_steps" in r] == [0, 1, 2, 3]  # one row per epoch
     assert [r["counters/real_steps"] for r in rows if "counters/real_steps" in r] == [200, 300, 400, 400]
+    tested = [r for r in rows if "test/return_mean" in r]  # every 2 epochs: protocol test games, world-model losses
+    assert [r["epoch"] for r in tested] == [2] and tested[0]["denoiser/test/loss_denoising"] > 0
+    assert "rew_end/test/loss_rew" in tested[0] and tested[0]["test/episodes"] == cfg.eval_episodes
     assert json.loads((run / "finished").read_text())["finished"] is True
 
     # a finished run says so instead of starting again

@@ -35,8 +35,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
-        real = (Recordings(cfg, s.store) if s.dataset else RealGame(cfg, agent, s.store, run.path, dev, s.progress)
-                if world.is_main else OtherRank(cfg, s.store))
+        real = _real_experience(s)
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
                                   cfg.imagination.denoising_steps, s.generator)
@@ -80,6 +79,15 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         return summary
     finally:
         close_world(world)
+
+
+def _real_experience(s: Session):
+    """Where this process's real data comes from: the user's recordings, the real game (rank 0), or rank 0."""
+    if s.dataset:
+        return Recordings(s.cfg, s.store)
+    if s.world.is_main:
+        return RealGame(s.cfg, s.agent, s.store, s.run.path, s.world.device, s.progress)
+    return OtherRank(s.cfg, s.store)
 
 
 def _contexts(sampler: SegmentSampler, n: int, device):
