@@ -87,7 +87,8 @@ def resolve_game(name: str) -> str:
     """The canonical name of a game, the one resolver of game names:
     - one of the 26 Atari 100k games in any spelling: "breakout", "ms_pacman", "ALE/Pong-v5", "PongNoFrameskip-v4";
     - a toy game: "catch" -> "Catch";
-    - any other gymnasium id, kept as given: a name with a "/" ("ALE/SpaceInvaders-v5", "MyGames/Maze-v0").
+    - any other gymnasium id, kept as given: a name with a "/" ("ALE/SpaceInvaders-v5", "MyGames/Maze-v0") or
+      one gymnasium has registered ("CartPole-v1"; `training.atari_env.make_env` says if it is not an image game).
 
     Raises UserError with one line naming the closest games otherwise.
     """
@@ -95,12 +96,18 @@ def resolve_game(name: str) -> str:
     found = _BY_KEY.get(_key(name)) or _TOY_BY_KEY.get(name.lower())
     if found is not None:
         return found
-    if "/" in name:
+    if "/" in name or _registered(name):
         return name
     choices = {**_BY_KEY, **_TOY_BY_KEY}
     close = difflib.get_close_matches(_key(name), list(choices), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(choices[c] for c in close)}?" if close else "run `dreamarcade games` for the list."
     raise UserError(f"unknown game {name!r}: {hint}")
+
+
+def _registered(name: str) -> bool:
+    import gymnasium  # only for names that are not ours, so that `dreamarcade games` starts without it
+
+    return name in gymnasium.registry
 
 
 def is_atari_game(name: str) -> bool:
