@@ -105,17 +105,18 @@ def _updates(model: str, mcfg: ModelTraining, epoch: int, counters, progress: bo
 
 
 class Means:
-    """Mean of each metric over an epoch's updates -> {model/train/key: mean}."""
+    """Mean of each metric over an epoch's updates -> {model/train/key: mean}. Metrics may be numbers or device
+    tensors: they are summed as they come and read once, at the end of the epoch (no host sync per update)."""
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict = {}
         self.counts: dict[str, int] = {}
 
     def add(self, model: str, metrics: dict) -> None:
         for k, v in metrics.items():
             key = f"{model}/train/{k}"
-            self.sums[key] = self.sums.get(key, 0.0) + float(v)
+            self.sums[key] = self.sums.get(key, 0.0) + v  # a new value: a tensor the update reuses is copied
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def result(self) -> dict:
-        return {k: v / self.counts[k] for k, v in self.sums.items()}
+        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}
