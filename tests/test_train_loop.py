@@ -216,3 +216,13 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
     from weights import load_agent
 
     assert load_agent(str(tmp_path / "run" / "weights")).num_actions == 3  # inferred from the recordings
+
+
+def test_epoch_means_of_numbers_and_reused_device_tensors():
+    from training.loop import Means
+
+    means, out = Means(), torch.zeros(())  # an update that writes its loss into the same tensor each time
+    for loss in (1.0, 2.0, 6.0):
+        out.fill_(loss)
+        means.add("denoiser", {"loss_denoising": out, "lr": loss / 10})
+    assert means.result() == {"denoiser/train/loss_denoising": 3.0, "denoiser/train/lr": pytest.approx(0.3)}
