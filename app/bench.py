@@ -19,6 +19,7 @@ from model.fast import FastActorCritic, default_precision
 from model.precision import PRECISIONS, resolve
 from model.presets import PRESETS
 from model.world_model_env import WorldModelEnv
+from weights.errors import UserError
 
 # (key, what, reference value, unit, higher is better)
 REFERENCE = {
@@ -54,7 +55,7 @@ def make_agent(preset: str = "atari100k", num_actions: int = 4, seed: int = 0,
                device: torch.device | str = "cpu") -> Agent:
     """Random weights, with the zero-initialised output layers filled so that nothing is trivially zero."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise UserError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     torch.manual_seed(seed)
     agent = Agent(PRESETS[preset](num_actions))
     with torch.no_grad():

@@ -1,7 +1,9 @@
 """`dreamarcade` / `python -m app`: one parser, one module per sub-command.
 
 Each command module in `app/commands/` has `add_parser(subparsers)` and `run(args) -> int`.
-Modules are imported only for the command that runs, so `--help` and `games` start fast.
+Modules are imported only for the command that runs, so `--help` and `games` start fast. A
+`weights.errors.UserError` (bad input, a missing or corrupt file, no network) is printed as one line with
+exit status 2; any other exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from weights.errors import UserError
 
 # name -> (module, one-line help); the order is the order in `--help`.
 COMMANDS = {
@@ -21,10 +25,6 @@ COMMANDS = {
     "download": ("app.commands.download", "download pretrained weights from the Hugging Face Hub"),
     "push": ("app.commands.push", "publish a training run's weights to the Hugging Face Hub"),
 }
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, PermissionError, ConnectionError) as e:
-        # Bad input of any layer is one clear line; DREAMARCADE_DEBUG=1 shows the traceback.
+    except UserError as e:
+        # What the user can fix is one clear line (DREAMARCADE_DEBUG=1 shows the traceback); anything else is
+        # a bug and keeps its traceback.
         if os.environ.get("DREAMARCADE_DEBUG"):
             raise
         print(f"dreamarcade {args.command}: error: {e}", file=sys.stderr)

@@ -76,6 +76,9 @@ class Agent(nn.Module):
         self.denoiser = Denoiser(config.denoiser, config.num_actions)
         self.rew_end = RewEndModel(config.rew_end, config.num_actions, config.img_size)
         self.actor_critic = ActorCritic(config.actor_critic, config.num_actions, config.img_size)
+        # Where the weights came from ({"source", "file", "game", ...}); `weights.load_agent` sets it, a new
+        # agent has none.
+        self.weights_info: dict[str, Any] = {}
 
     @property
     def num_actions(self) -> int:

@@ -8,8 +8,8 @@ import torch
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> float32 in [-1, 1], any shape."""
-    return frames.float().div_(127.5).sub_(1.0)
+    """uint8 in [0, 255] -> float32 in [-1, 1], any shape; a new tensor, whatever the input's dtype."""
+    return frames.to(torch.float32).div(127.5).sub_(1.0)  # div makes the copy: a float input stays as it is
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:

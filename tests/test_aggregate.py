@@ -104,10 +104,18 @@ def test_single_score_per_game_and_subset():
     assert summary["mean"]["ci"] == pytest.approx([0.5, 0.5])
 
 
-def test_plot(tmp_path):
+def test_plot_draws_each_result_set_in_each_panel(tmp_path):
+    import imageio.v3 as iio
+
     summary = aggregate(load_results("diamond"), BootstrapConfig(reps=200))
     path = plot_aggregates({"DIAMOND": summary, "other": summary}, tmp_path / "plot.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = iio.imread(path)[..., :3].astype(int)
+    assert img.shape == (312, 1536, 3)  # 4 panels of 3.2 x (0.6 per result set + 1.4) inches at 120 dpi
+    # the CI bars: tab10 blue for the first result set, orange for the second, at alpha 0.75 over white
+    blue, orange = np.array([87, 153, 199]), np.array([255, 159, 74])
+    for panel in np.array_split(img, 4, axis=1):  # median, IQM, mean, games > human
+        for color in (blue, orange):
+            assert (np.abs(panel - color).max(-1) <= 3).sum() > 20, "a result set's bar is missing from a panel"
 
 
 def test_cli_aggregate(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pytest
 
 from training.atari_env import make_atari_env, make_atari_vector_env, make_env
 from training.games import GAMES, MINIMAL_ACTION_COUNTS, get_game, resolve_game
+from weights.errors import UserError
 
 
 def play(env, actions):
@@ -133,13 +134,20 @@ def test_vector_env_gives_the_same_frames_as_the_protocol_env():
 
 
 def test_game_names_and_unknown_game_message():
+    """One resolver for every command: the 26 games in any spelling, the toy game, other gymnasium ids."""
     assert resolve_game("ms_pacman") == resolve_game("MS-PACMAN") == resolve_game("ALE/MsPacman-v5") == "MsPacman"
     assert resolve_game("PongNoFrameskip-v4") == "Pong"
+    assert resolve_game(" catch ") == resolve_game("CATCH") == "Catch"
+    assert resolve_game("ALE/SpaceInvaders-v5") == "ALE/SpaceInvaders-v5"  # another id: kept as given
     assert len(GAMES) == 26 and get_game("breakout").env_id == "ALE/Breakout-v5"
-    assert get_game("Pong").human_normalized(14.6) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match=r"unknown game 'Breakot': did you mean Breakout") as err:
+    with pytest.raises(UserError, match="Catch is not one of the 26 Atari 100k games"):
+        get_game("catch")
+    with pytest.raises(UserError, match=r"unknown game 'Breakot': did you mean Breakout") as err:
         resolve_game("Breakot")
     assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"did you mean Catch"):
+        resolve_game("Cacth")
+    assert make_env("catch", train=False).action_space.n == 3  # the canonical name plays the toy game
     with pytest.raises(ValueError, match="unknown game"):
         make_atari_env("Pacmann", train=True)
     with pytest.raises(ValueError, match="unknown game 'NoSuchGame'"):

@@ -3,7 +3,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from training.collect import ActorCriticPolicy, Collector, RandomPolicy, VecSource, measure_collect_steps_per_s
+from training.collect import ActorCriticPolicy, Collector, RandomPolicy, VecSource
 from training.episode_store import EpisodeStore
 
 
@@ -118,8 +118,18 @@ def test_any_image_game_is_collected_the_same_way(tmp_path):
     assert ep.end.tolist() == [0, 0, 0, 0, 1] and ep.rew.tolist() == ep.act.astype(np.float32).tolist()
 
 
-def test_collect_steps_per_s_runs():
-    assert measure_collect_steps_per_s("Pong", num_envs=2, num_steps=200, repeats=1) > 0
+def test_steps_counted_are_the_steps_stored(tmp_path):
+    """What `collect_steps_per_s` (the bench) and training's budget count: real transitions, each stored once
+    (unfinished episodes included with store_partial), over all envs, overshooting by less than one per env."""
+    store = EpisodeStore(tmp_path)
+    collector = Collector(VecSource("Pong", 3, train=True), store, seed=0, store_partial=True)
+    total = 0
+    for n in (100, 50):
+        stats = collector.collect(RandomPolicy(6, seed=0), num_steps=n)
+        assert n <= stats.steps < n + 3
+        total += stats.steps
+        assert store.num_steps == total  # the growing unfinished episodes are rewritten, not added again
+    collector.close()
 
 
 class ShortOrLong(Corridor):

@@ -1,5 +1,6 @@
 """The fast path (`model.fast`, `WorldModelEnv(precision="bfloat16")`) keeps the frames of the float32 path."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,5 +101,11 @@ def test_fast_rew_end_matches_over_a_sequence(agent):
     assert torch.allclose(f_rew, rew, atol=0.05) and torch.allclose(f_end, end, atol=0.05)
 
 
-def test_default_precision_is_a_known_one():
-    assert default_precision("cpu") in ("float32", "bfloat16")
+def test_default_precision_follows_the_cpus_bfloat16_support():
+    """bfloat16 by default exactly where the CPU runs it natively (AVX512-BF16 or AMX, as Linux reports them)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("needs Linux's /proc/cpuinfo to read the CPU's flags")
+    flags = set(cpuinfo.read_text().split())
+    native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
+    assert default_precision("cpu") == ("bfloat16" if native else "float32")

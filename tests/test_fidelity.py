@@ -12,8 +12,10 @@ from app.cli import main
 from model.agent import Agent
 from model.presets import tiny
 from training.fidelity import (
-    CONTEXT, MAX_PSNR, FidelityConfig, compare, imagine, measure_fidelity, psnr, record_real, ssim, strip_image,
+    MAX_PSNR, FidelityConfig, compare, imagine, measure_fidelity, psnr, record_real, ssim, strip_image,
 )
+
+CONTEXT = tiny(4).denoiser.num_steps_conditioning  # the tiny agent's context length, from its config
 
 
 def _patterns() -> tuple[torch.Tensor, torch.Tensor]:

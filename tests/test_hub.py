@@ -26,7 +26,8 @@ TOKEN = "hf_test_write_token"
 
 # Loads each [source, game, extra environment] of argv[1] in turn; prints one JSON line per load:
 # the agent's actions, weights_info, a hash of its tensors and the seconds load_agent took, or the
-# error's type and message. torch is imported first so that the seconds measure the loading.
+# error's type (weights.errors: what the user can fix) and message. torch is imported first so that the
+# seconds measure the loading.
 CLIENT = """
 import hashlib, json, os, sys, time
 import torch, weights.format, weights.diamond
@@ -133,7 +134,7 @@ def test_no_network_and_no_cache_fails_fast_and_says_what_to_do(server, tmp_path
     env = user_env(tmp_path / "empty", server.url)
     refused, offline = load(env, ("diamond", "Breakout"), ("diamond", "Breakout", {"HF_HUB_OFFLINE": "1"}))
     for out, why in ((refused, "Connection refused"), (offline, "HF_HUB_OFFLINE")):
-        assert out["error"] == "ConnectionError" and out["seconds"] < 5
+        assert out["error"] == "Offline" and out["seconds"] < 5
         assert f"{DIAMOND_REPO}/{diamond_filename('Breakout')}" in out["message"]
         assert "not in the Hugging Face cache" in out["message"] and why in out["message"]
         assert "dreamarcade download Breakout" in out["message"]
@@ -146,10 +147,10 @@ def test_diamond_sources_on_the_server(server, diamond_files, tmp_path):
     inside = f"hf://{DIAMOND_REPO}/{diamond_filename('Breakout')}@{DIAMOND_REVISION}"
     corrupt, missing, any_repo = load(user_env(tmp_path / "hf", server.url),
                                       ("diamond", "Pong"), ("diamond", "Asterix"), (inside, None))
-    assert corrupt["error"] == "ValueError"  # the file on the server is cut short
+    assert corrupt["error"] == "UserError"  # the file on the server is cut short
     assert f"hf://{DIAMOND_REPO}/{diamond_filename('Pong')}" in corrupt["message"]
     assert "truncated or corrupt" in corrupt["message"] and "download again" in corrupt["message"]
-    assert missing["error"] == "FileNotFoundError"
+    assert missing["error"] == "NotFound"
     assert "has no file 'atari_100k/models/Asterix.pt'" in missing["message"]
     assert any_repo["num_actions"] == 4 and any_repo["hash"] == diamond_files[1]
     assert any_repo["info"]["game"] == "Breakout"  # from DIAMOND's file layout
@@ -197,7 +198,7 @@ def test_private_repository_needs_the_token(server, run_dir, tmp_path):
     assert cli(env, "push", str(run), "--repo-id", "alice/secret", "--private", "--token", TOKEN).returncode == 0
     assert server.repos["alice/secret"]["private"]
     denied, allowed = load(env, ("hf://alice/secret", None), ("hf://alice/secret", None, {"HF_TOKEN": TOKEN}))
-    assert denied["error"] == "FileNotFoundError" and "private" in denied["message"]
+    assert denied["error"] == "NotFound" and "private" in denied["message"]
     assert allowed["hash"] == expected
     refused = cli(env, "push", str(run), "--repo-id", "alice/other")  # no token at all
     assert refused.returncode == 2 and "not allowed to write" in refused.stderr
@@ -208,9 +209,9 @@ def test_corrupt_weights_in_a_dreamarcade_repository(server, run_dir, tmp_path):
     server.commit("bob/broken", {"agent.safetensors": good[: len(good) // 2]})
     broken, nothing = load(user_env(tmp_path / "hf", server.url), ("hf://bob/broken", None),
                            ("hf://bob/nothing-here", None))
-    assert broken["error"] == "ValueError" and "hf://bob/broken" in broken["message"]
+    assert broken["error"] == "UserError" and "hf://bob/broken" in broken["message"]
     assert "truncated" in broken["message"]
-    assert nothing["error"] == "FileNotFoundError" and "no repository bob/nothing-here" in nothing["message"]
+    assert nothing["error"] == "NotFound" and "no repository bob/nothing-here" in nothing["message"]
 
 
 def test_model_card_says_what_the_run_has(run_dir):

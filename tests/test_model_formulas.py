@@ -7,7 +7,7 @@ from torch import nn
 
 from model import Agent, karras_sigmas, sample_next_obs
 from model.denoiser import Denoiser
-from model.pixels import quantize, to_float
+from model.pixels import quantize, to_float, to_uint8
 from model.presets import tiny
 from model.returns import ActorCriticLossConfig, actor_critic_loss, lambda_returns
 
@@ -206,3 +206,13 @@ def test_agent_heads_start_uniform_with_zero_value():
     agent = Agent(tiny(5))
     logits, value, _ = agent.actor_critic(torch.rand(2, 3, 64, 64) * 2 - 1)
     assert torch.equal(logits, torch.zeros(2, 5)) and torch.equal(value, torch.zeros(2))
+
+
+def test_pixel_scaling_is_exact_and_never_changes_its_input():
+    frames = torch.arange(256, dtype=torch.uint8)
+    x = to_float(frames)
+    assert x[0] == -1 and x[255] == 1 and torch.equal(to_uint8(x), frames)  # exact round trip, every level
+    as_float = frames.float()  # a float input (already converted by a caller) comes back scaled, left unchanged
+    before = as_float.clone()
+    assert torch.equal(to_float(as_float), x)
+    assert torch.equal(as_float, before)

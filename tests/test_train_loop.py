@@ -13,10 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.cli import main
+from training.episode_store import EpisodeStore
 from training.optim import ModelOptimizer, OptimConfig, param_groups
 from training.presets import PRESETS, TrainConfig, get_preset
 from training.run_dir import RunDir
 from training.tensorboard_log import read_scalars
+from weights.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # no OpenMP spin-waits on a shared CPU
@@ -38,48 +41,62 @@ def checkpoint_epoch(run: Path) -> int:
         return -1
 
 
-def test_tiny_run_killed_resumes_and_finishes(tmp_path):
-    run = tmp_path / "run"
-    args = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress"]
-    proc = dreamarcade(*args)
+def stored_steps(run: Path) -> int:
+    return EpisodeStore(run / "store").num_steps if (run / "store").exists() else 0
+
+
+def kill_when(proc, ready, what: str) -> None:
+    """SIGKILL `proc` as soon as ready() (or let it be, if it ended first)."""
     deadline = time.time() + 400
-    while checkpoint_epoch(run) < 1:  # epoch 1 is saved: kill it while it works on epoch 2
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "epoch 1 never finished"
-        time.sleep(0.2)
-    episodes_at_kill = {p.name for p in (run / "store").iterdir()}
+    while not ready() and proc.poll() is None:
+        assert time.time() < deadline, f"never reached: {what}"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def test_tiny_run_killed_again_and_again_keeps_its_budget_and_finishes(tmp_path, capsys):
+    """Killed (SIGKILL) in the initial collection, in epoch 1 and in epoch 2, resumed each time: the run
+    collects exactly its real-step budget, logs each epoch once, counts each update once, loses no episode."""
+    run = tmp_path / "run"
+    args = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress"]
+    resume = ["train", "--run-dir", str(run), "--resume", "--no-progress"]
+    cfg = get_preset("tiny")
+    kill_when(dreamarcade(*args), lambda: any((run / "store").glob("*.npz")), "an episode stored")
+    kill_when(dreamarcade(*resume), lambda: stored_steps(run) > cfg.initial_steps_min and checkpoint_epoch(run) < 1,
+              "epoch 1 collected")
+    kill_when(dreamarcade(*resume), lambda: checkpoint_epoch(run) >= 1, "epoch 1 saved")
     assert not (run / "finished").exists()
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    killed_at = ckpt["counters"]["epoch"]
-    assert killed_at >= 1
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # no silent restart over an existing run
+    episodes_at_kill = {p.name for p in (run / "store").iterdir()}
 
-    again = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, env=ENV)
-    assert again.returncode == 2 and "--resume" in again.stderr  # no silent restart over an existing run
-
-    proc = dreamarcade("train", "--run-dir", str(run), "--resume", "--no-progress")
+    proc = dreamarcade(*resume)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     assert "finished" in out
 
-    cfg = get_preset("tiny")
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     c = ckpt["counters"]
     assert c["epoch"] == c["num_epochs"] == 3
-    # counters continue: the updates of every epoch are counted exactly once across the kill
+    # the budget: 200 initial steps, then 100 per collection epoch, whatever was killed on the way
+    assert c["initial_steps"] == cfg.initial_steps_min
+    assert stored_steps(run) == c["real_steps"] == cfg.total_real_steps == 400
+    # counters continue: the updates of every epoch are counted exactly once across the kills
     for m in ("denoiser", "rew_end", "actor_critic"):
         mc = getattr(cfg, m)
         assert c["updates"][m] == mc.steps_first_epoch + 2 * mc.steps_per_epoch, m
     assert episodes_at_kill <= {p.name for p in (run / "store").iterdir()}, "episodes lost"
-    epochs = metrics_epochs(run)
-    assert epochs[0] == 0 and epochs[-1] == 3 and set(range(4)) <= set(epochs)
+    rows = RunDir(run).read_metrics()
+    assert [r["epoch"] for r in rows if "counters/real_steps" in r] == [0, 1, 2, 3]  # one row per epoch
+    assert [r["counters/real_steps"] for r in rows if "counters/real_steps" in r] == [200, 300, 400, 400]
+    tested = [r for r in rows if "test/return_mean" in r]  # every 2 epochs: protocol test games, world-model losses
+    assert [r["epoch"] for r in tested] == [2] and tested[0]["denoiser/test/loss_denoising"] > 0
+    assert "rew_end/test/loss_rew" in tested[0] and tested[0]["test/episodes"] == cfg.eval_episodes
     assert json.loads((run / "finished").read_text())["finished"] is True
 
     # a finished run says so instead of starting again
-    done = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(run), "--resume"],
-                          cwd=ROOT, capture_output=True, text=True, env=ENV)
-    assert done.returncode == 0 and "finished" in done.stdout
+    epochs = metrics_epochs(run)
+    assert main(["train", "--run-dir", str(run), "--resume"]) == 0 and "finished" in capsys.readouterr().out
     assert metrics_epochs(run) == epochs
 
     # what a user opens
@@ -94,6 +111,26 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
     assert "denoiser/train/loss_denoising" in tags
     config = json.loads((run / "config.json").read_text())
     assert TrainConfig.from_dict(config["train"]).game == "Catch" and config["train"]["seed"] == 1
+
+
+def test_final_score_is_evals_score_on_the_same_weights(tmp_path):
+    """Training's final evaluation and `dreamarcade eval` on the run's weights, with the seed the run reports,
+    are the same measurement: the same games, the same returns."""
+    import dataclasses
+
+    from training.loop import train
+
+    cfg = dataclasses.replace(get_preset("tiny"), game="Catch", seed=4, total_real_steps=200, num_final_epochs=0,
+                              final_eval_episodes=24)  # no epochs: the initial collection, then the final test
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["finished"] and summary["final/seed"] == 4
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--weights", str(tmp_path / "run" / "weights"), "--game", "catch", "--episodes", "24",
+                 "--seed", "4", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["mean_return"] == summary["final/return_mean"]
+    assert result["std_return"] == summary["final/return_std"]
+    assert 0 < result["std_return"]  # catches and misses both: the comparison is not between constants
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -117,8 +154,17 @@ def test_presets_round_trip_through_json():
     paper = get_preset("atari100k")
     assert (paper.denoiser.steps_per_epoch, paper.actor_critic.steps_first_epoch) == (400, 5000)
     assert paper.imagination.horizon == 15 and paper.actor_critic.batch_size == 32
-    with pytest.raises(ValueError, match="unknown training config keys"):
-        TrainConfig.from_dict({"gamma": 0.9})
+    with pytest.raises(UserError, match="unknown key 'gamma'"):
+        TrainConfig.from_dict({**paper.to_dict(), "gamma": 0.9})
+    # a missing key is not silently a default (no sample_weights would mean "sample by episode length")
+    d = paper.to_dict()
+    del d["sample_weights"]
+    with pytest.raises(UserError, match="missing key 'sample_weights'"):
+        TrainConfig.from_dict(d)
+    d = paper.to_dict()
+    d["denoiser"]["optim"]["lr_max"] = 1e-3  # a nested key: named with its path, not a TypeError
+    with pytest.raises(UserError, match=r"unknown key 'denoiser\.optim\.lr_max'"):
+        TrainConfig.from_dict(d)
 
 
 def test_optimizer_weight_decay_split_warmup_and_state():
@@ -156,7 +202,6 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
 
     import training.toy_env  # noqa: F401
     from training.collect import Collector, RandomPolicy, VecSource
-    from training.episode_store import EpisodeStore
     from training.loop import train
 
     recordings = tmp_path / "recordings"
@@ -171,3 +216,13 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
     from weights import load_agent
 
     assert load_agent(str(tmp_path / "run" / "weights")).num_actions == 3  # inferred from the recordings
+
+
+def test_epoch_means_of_numbers_and_reused_device_tensors():
+    from training.loop import Means
+
+    means, out = Means(), torch.zeros(())  # an update that writes its loss into the same tensor each time
+    for loss in (1.0, 2.0, 6.0):
+        out.fill_(loss)
+        means.add("denoiser", {"loss_denoising": out, "lr": loss / 10})
+    assert means.result() == {"denoiser/train/loss_denoising": 3.0, "denoiser/train/lr": pytest.approx(0.3)}

@@ -31,7 +31,10 @@ def test_round_trip_gives_equal_tensors_and_config(agent, tmp_path):
     assert loaded.config == agent.config and loaded.num_actions == 5
     assert _equal_states(agent, loaded)
     assert not loaded.training
-    assert loaded.weights_info["game"] == "Breakout" and loaded.weights_info["epochs"] == 3
+    # where the weights came from: declared on every Agent (empty for a new one), filled once by load_agent
+    assert agent.weights_info == {}
+    assert loaded.weights_info == {"game": "Breakout", "epochs": 3, "source": str(tmp_path / "run"), "file": str(file),
+                                   "format": "dreamarcade-agent", "stored_dtype": "float32"}
     # a training run directory holds its weights in weights/
     assert _equal_states(agent, load_agent(save_agent(agent, tmp_path / "train" / "weights").parent.parent))
     # the same through the file path, and a file name of one's own

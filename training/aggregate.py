@@ -18,7 +18,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from training.games import HUMAN_SCORES, RANDOM_SCORES, resolve_game
+from training.games import get_game
+from weights.errors import NotFound, UserError
 
 DIAMOND_RESULTS = "diamond_atari100k.json"  # DIAMOND's 5 published seeds per game, in training/data/
 METRICS = ("mean", "median", "iqm", "superhuman")
@@ -33,8 +34,8 @@ class BootstrapConfig:
 
 def human_normalized(game: str, scores: float | Sequence[float] | np.ndarray) -> np.ndarray:
     """HNS = (score - random) / (human - random) with the standard Atari 100k constants."""
-    game = resolve_game(game)
-    rand, human = RANDOM_SCORES[game], HUMAN_SCORES[game]
+    g = get_game(game)
+    rand, human = g.random_score, g.human_score
     return (np.asarray(scores, dtype=np.float64) - rand) / (human - rand)
 
 
@@ -42,7 +43,7 @@ def load_results(source: str | Path) -> dict[str, list[float]]:
     """Read `{"Game": [score per run, ...]}` from a JSON file; `diamond` gives the shipped published seeds.
 
     A single number per game is read as one run, and so is the JSON that `dreamarcade eval --game G --json`
-    writes (its mean return). Raises FileNotFoundError, or ValueError naming the file
+    writes (its mean return). Raises NotFound, or UserError naming the file
     and what is wrong with it.
     """
     if str(source).lower() == "diamond":
@@ -51,18 +52,18 @@ def load_results(source: str | Path) -> dict[str, list[float]]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"results file not found: {path}")
+            raise NotFound(f"results file not found: {path}")
         text, name = path.read_text(), str(path)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise UserError(f"{name}: not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
         if isinstance(raw, dict) and "game" in raw and "mean_return" in raw:  # one `dreamarcade eval` result
             raw = {str(raw["game"]): [raw["mean_return"]]}
         return validate_results(raw)
     except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+        raise UserError(f"{name}: {e}") from None
 
 
 def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
@@ -75,26 +76,26 @@ def merge_results(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, l
 
 
 def validate_results(raw: object) -> dict[str, list[float]]:
-    """Check the `{"Game": [scores]}` shape and canonicalize game names; raises ValueError."""
+    """Check the `{"Game": [scores]}` shape and canonicalize game names; raises UserError."""
     if not isinstance(raw, Mapping) or not raw:
-        raise ValueError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
+        raise UserError('expected a JSON object {"Game": [score per run, ...], ...} with at least one game')
     results: dict[str, list[float]] = {}
     for name, scores in raw.items():
-        game = resolve_game(str(name))
+        game = get_game(str(name)).name
         if game in results:
-            raise ValueError(f"game {game} appears twice")
+            raise UserError(f"game {game} appears twice")
         if isinstance(scores, (int, float)) and not isinstance(scores, bool):
             scores = [scores]
         if (not isinstance(scores, list) or not scores
                 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)):
-            raise ValueError(f"{name}: expected a list of numbers (one score per run), got {scores!r}")
+            raise UserError(f"{name}: expected a list of numbers (one score per run), got {scores!r}")
         if not all(math.isfinite(s) for s in scores):
-            raise ValueError(f"{name}: scores must be finite numbers")
+            raise UserError(f"{name}: scores must be finite numbers")
         results[game] = [float(s) for s in scores]
     counts = {len(s) for s in results.values()}
     if len(counts) != 1:
         per_game = ", ".join(f"{g}: {len(s)}" for g, s in results.items())
-        raise ValueError(f"every game needs the same number of runs (got {per_game})")
+        raise UserError(f"every game needs the same number of runs (got {per_game})")
     return results
 
 

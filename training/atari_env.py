@@ -27,7 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing
 
-from training.games import get_game, is_atari_game
+from training.games import TOY_GAMES, env_id, get_game, is_atari_game
+from weights.errors import UserError
 
 IMG_SIZE = 64
 NOOP_MAX = 30
@@ -123,10 +124,10 @@ class ImageObs(gym.ObservationWrapper):
         space = env.observation_space
         name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
         if not isinstance(env.action_space, gym.spaces.Discrete):
-            raise ValueError(f"{name}: needs a discrete action space, got {env.action_space}")
+            raise UserError(f"{name}: needs a discrete action space, got {env.action_space}")
         if not (isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) in (2, 3)
                 and (len(space.shape) == 2 or space.shape[-1] in (1, 3))):
-            raise ValueError(f"{name}: needs uint8 image observations (H, W), (H, W, 1) or (H, W, 3), got {space}")
+            raise UserError(f"{name}: needs uint8 image observations (H, W), (H, W, 1) or (H, W, 3), got {space}")
         self.size = size
         self.observation_space = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
 
@@ -157,7 +158,7 @@ def make_atari_env(game: str, train: bool, seed: int | None = None, *, noop_max:
     """One Atari env under the protocol. Obs (size, size, 3) uint8; see the module docstring.
 
     `game`: one of the 26 Atari 100k games (any spelling `resolve_game` accepts), or any other ALE id such
-    as "ALE/SpaceInvaders-v5", which gets the same protocol. Raises ValueError for an unknown name (with
+    as "ALE/SpaceInvaders-v5", which gets the same protocol. Raises UserError for an unknown name (with
     close matches).
     """
     _register_ale()
@@ -189,24 +190,22 @@ def _ale_rom(game: str) -> str:
 
 
 def make_env(name: str, train: bool, seed: int | None = None, *, size: int = IMG_SIZE, **kwargs: Any) -> gym.Env:
-    """An Atari game (one of the 26 by name, or any "ALE/...-v5" id: protocol env), or any registered
-    gymnasium id with uint8 image observations and discrete actions, resized to (size, size, 3) RGB.
-    `kwargs` go to `gymnasium.make` (non-Atari only).
+    """The env of any game `training.games.resolve_game` accepts: an Atari game (one of the 26 by name, or any
+    "ALE/...-v5" id: the protocol env), a toy game ("Catch"), or any registered gymnasium id with uint8 image
+    observations and discrete actions, resized to (size, size, 3) RGB. `kwargs` go to `gymnasium.make`
+    (non-Atari only).
 
-    Raises ValueError naming close Atari matches when `name` is neither.
+    Raises UserError naming close Atari matches for an unknown name, or for an id gymnasium does not know.
     """
     if is_atari_game(name) or is_ale_id(name):
         return make_atari_env(name, train, seed, size=size)
+    name = env_id(name)
+    if name in TOY_GAMES.values():
+        import training.toy_env  # noqa: F401  (registers the toy games)
     try:
         env = gym.make(name, **kwargs)
     except gym.error.Error as err:
-        from training.games import resolve_game
-
-        try:
-            resolve_game(name)
-        except ValueError as unknown:
-            raise ValueError(f"{unknown} (nor is it a gymnasium env: {err})") from None
-        raise
+        raise UserError(f"unknown game {name!r}: not one of the 26 Atari games nor a gymnasium env ({err})") from None
     return SeedOnFirstReset(ImageObs(env, size), seed)
 
 

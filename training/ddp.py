@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from weights.errors import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -49,7 +51,7 @@ def init_world(device: str | None = None) -> World:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
     if world_size <= 1:
         return World(device=torch.device(device or ("cuda" if use_cuda else "cpu")))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

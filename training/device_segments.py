@@ -109,6 +109,6 @@ class DeviceSegmentSampler(SegmentSampler):
         # one resident copy can serve several samplers of the same store
         self.episodes = episodes if episodes is not None else DeviceEpisodes(store, device)
 
-    def sample(self) -> Batch:
+    def sample(self, batch_size: int | None = None) -> Batch:
         self.episodes.sync()
-        return self.episodes.gather(self.sample_windows())
+        return self.episodes.gather(self.sample_windows(batch_size))

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from weights.atomic import atomic_write, fsync_dir
+from weights.errors import NotFound, UserError
 
 _NAME = re.compile(r"^(\d+)\.npz$")
 
@@ -61,11 +62,6 @@ class Episode:
         return len(self.act)
 
     @property
-    def complete(self) -> bool:
-        """True when the last step ended or truncated the episode."""
-        return bool(self.end[-1] or self.trunc[-1])
-
-    @property
     def ret(self) -> float:
         """Undiscounted raw return."""
         return float(self.rew.sum())
@@ -93,24 +89,24 @@ def save_episode(ep: Episode, path: str | Path, sync_dir: bool = True) -> None:
 
 
 def load_episode(path: str | Path) -> Episode:
-    """Reads one episode file. Raises ValueError naming the file and what is wrong with it."""
+    """Reads one episode file. Raises UserError naming the file and what is wrong with it."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [f.name for f in fields(Episode) if f.name not in data.files]
             if missing:
-                raise ValueError(f"missing arrays {missing}")
+                raise UserError(f"missing arrays {missing}")
             arrays = {f.name: data[f.name] for f in fields(Episode)}
         if arrays["obs"].dtype != np.uint8 or arrays["final_obs"].dtype != np.uint8:
-            raise ValueError(f"frames must be uint8, got {arrays['obs'].dtype}")
+            raise UserError(f"frames must be uint8, got {arrays['obs'].dtype}")
         return Episode(**arrays)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"corrupt episode file {path}: {err}") from None
+        raise UserError(f"corrupt episode file {path}: {err}") from None
 
 
 def read_length(path: str | Path) -> int:
     """Number of steps in an episode file, checking every array's header (not the frame data) so that a
-    truncated or malformed file is found when the store is opened. Raises ValueError naming the file."""
+    truncated or malformed file is found when the store is opened. Raises UserError naming the file."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -122,12 +118,12 @@ def read_length(path: str | Path) -> int:
                     shape, _, dtype = read_header(member)
                     shapes[f.name] = (shape, dtype)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise ValueError(f"corrupt episode file {path}: {err}") from None
+        raise UserError(f"corrupt episode file {path}: {err}") from None
     obs_shape, obs_dtype = shapes["obs"]
     t = obs_shape[0] if len(obs_shape) == 4 else -1
     bad = [n for n in ("act", "rew", "end", "trunc") if shapes[n][0] != (t,)]
     if obs_dtype != np.uint8 or t <= 0 or obs_shape[1] != 3 or bad or shapes["final_obs"][0] != obs_shape[1:]:
-        raise ValueError(f"corrupt episode file {path}: inconsistent shapes {shapes}")
+        raise UserError(f"corrupt episode file {path}: inconsistent shapes {shapes}")
     return t
 
 
@@ -145,7 +141,7 @@ class EpisodeStore:
         if not static:
             self.path.mkdir(parents=True, exist_ok=True)
         elif not self.path.is_dir():
-            raise FileNotFoundError(f"episode folder {self.path} does not exist")
+            raise NotFound(f"episode folder {self.path} does not exist")
         self._files: list[Path] = []
         self._ids: list[int] = []
         self._lengths: list[int] = []
@@ -214,7 +210,7 @@ class EpisodeStore:
     # --- read / write --------------------------------------------------------------------------------
     def __getitem__(self, idx: int) -> Episode:
         """Episode number `idx` in creation order (0 = oldest), loaded on first use and kept.
-        Raises ValueError naming the file if its frame data turn out to be corrupt; that episode is then
+        Raises UserError naming the file if its frame data turn out to be corrupt; that episode is then
         reported once and its length set to 0, so that samplers leave it out."""
         if idx < 0:
             idx += len(self._files)

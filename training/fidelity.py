@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
-from training.evaluate import game_name, make_game_env
+from training.atari_env import make_env
+from training.games import resolve_game
+from weights.errors import UserError
 
-CONTEXT = 4  # frames of context the denoiser is conditioned on
 MAX_PSNR = 60.0  # identical frames: PSNR is infinite, counted as 60 dB so means stay finite
 
 
@@ -37,7 +38,8 @@ class FidelityConfig:
 # ---- image metrics ------------------------------------------------------------------------------------------
 
 def psnr(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of uint8 frames (..., 3, H, W) -> (...), peak 255, capped at MAX_PSNR."""
+    """PSNR in dB of uint8 frames (..., 3, H, W) -> (...), peak 255, capped at MAX_PSNR: the one PSNR (fidelity,
+    the player's compare mode). Only the last three dimensions are averaged over, so (..., H, W, 3) works too."""
     mse = (real.double() - fake.double()).pow(2).flatten(-3).mean(-1)
     return (10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-12))).clamp(max=MAX_PSNR).float()
 
@@ -77,9 +79,10 @@ def ssim(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Rollouts:
-    """N trajectories: obs uint8 (N, 4 + H, 3, h, w), act long (N, 4 + H) (act[:, t] taken at obs[:, t]),
-    rew float (N, H) and end bool (N, H) of the H steps after the context, valid bool (N, H), and pad long
-    (N,): how many context frames come before the episode start (padding, as the segment sampler's)."""
+    """N trajectories: obs uint8 (N, C + H, 3, h, w), act long (N, C + H) (act[:, t] taken at obs[:, t]),
+    rew float (N, H) and end bool (N, H) of the H steps after the C context frames (C: the denoiser's
+    `num_steps_conditioning`), valid bool (N, H), and pad long (N,): how many context frames come before the
+    episode start (padding, as the segment sampler's)."""
 
     obs: torch.Tensor
     act: torch.Tensor
@@ -88,10 +91,15 @@ class Rollouts:
     valid: torch.Tensor
     pad: torch.Tensor
 
+    @property
+    def context_length(self) -> int:
+        return self.obs.shape[1] - self.rew.shape[1]
+
     def context(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> obs (N, 4, 3, h, w) float in [-1, 1], act (N, 4) long, padding as training sees it: 0 and 0."""
-        obs, act = to_float(self.obs[:, :CONTEXT]), self.act[:, :CONTEXT].clone()
-        padded = torch.arange(CONTEXT) < self.pad[:, None]  # (N, 4)
+        """-> obs (N, C, 3, h, w) float in [-1, 1], act (N, C) long, padding as training sees it: 0 and 0."""
+        n = self.context_length
+        obs, act = to_float(self.obs[:, :n]), self.act[:, :n].clone()
+        padded = torch.arange(n) < self.pad[:, None]  # (N, C)
         obs[padded] = 0.0  # mid-gray, as training.segments pads
         act[padded] = 0
         return obs, act
@@ -100,11 +108,12 @@ class Rollouts:
 @torch.no_grad()
 def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
     """Play the real training env with the chosen policy and record `cfg.contexts` trajectories."""
-    steps = CONTEXT + cfg.horizon
+    context = agent.denoiser.cfg.num_steps_conditioning
+    steps = context + cfg.horizon
     size = agent.config.img_size
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    env = make_game_env(game, train=True)
+    env = make_env(game, train=True)
     obs = torch.zeros(cfg.contexts, steps, 3, size, size, dtype=torch.uint8)
     act = torch.zeros(cfg.contexts, steps, dtype=torch.long)
     rew = torch.zeros(cfg.contexts, cfg.horizon)
@@ -127,21 +136,21 @@ def record_real(agent, game: str, cfg: FidelityConfig) -> Rollouts:
             # The context's last frame is the one `warmup` steps after the start; earlier context frames before
             # the start are padding. If the episode ends first, retry with a shorter warmup (0 always works).
             warmup = int(rng.integers(0, (cfg.max_warmup >> attempt) + 1))
-            pad[n] = max(0, CONTEXT - 1 - warmup)
+            pad[n] = max(0, context - 1 - warmup)
             state = None  # the actor's memory starts empty in each episode, as the reference
             for t in range(warmup + cfg.horizon + 1):
-                i = t - warmup + CONTEXT - 1  # index in the recorded trajectory
+                i = t - warmup + context - 1  # index in the recorded trajectory
                 a, state = policy(frame_of(frame), state)
                 if i >= 0:
                     obs[n, i], act[n, i] = frame_of(frame), a
                 if i == steps - 1:
                     break  # the last frame is recorded; its action is never used
                 frame, r, term, trunc, info = env.step(a)
-                j = i + 1 - CONTEXT  # the imagined step whose outcome this is
+                j = i + 1 - context  # the imagined step whose outcome this is
                 if j >= 0:
                     rew[n, j], end[n, j], valid[n, j] = float(np.sign(r)), bool(term), True
                     if term or trunc:
-                        obs[n, j + CONTEXT] = frame_of(frame)
+                        obs[n, j + context] = frame_of(frame)
                 if term or trunc:
                     resume = bool(info.get("life_loss")) and not trunc
                     complete = j >= 0
@@ -165,9 +174,6 @@ def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
     from model.sampler import SamplerConfig
     from model.world_model_env import WorldModelEnv
 
-    if agent.denoiser.cfg.num_steps_conditioning != CONTEXT:
-        raise ValueError(f"fidelity expects a denoiser conditioned on {CONTEXT} frames, "
-                         f"got {agent.denoiser.cfg.num_steps_conditioning}")
     device = _device(agent)
     sampler = SamplerConfig()
     if cfg.denoising_steps is not None:
@@ -175,25 +181,27 @@ def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
     generator = torch.Generator(device).manual_seed(cfg.seed)  # the sampler's noise and the sampled rew/end
     wm_env = WorldModelEnv(agent, sampler=sampler, generator=generator, precision=cfg.precision)
     obs_ctx, act_ctx = real.context()
+    n = real.context_length
     wm_env.reset(obs_ctx.to(device), act_ctx.to(device))
     frames, rews, ends = [], [], []
     for t in range(cfg.horizon):
-        next_obs, rew, end, _ = wm_env.step(real.act[:, CONTEXT - 1 + t].to(device))
+        next_obs, rew, end, _ = wm_env.step(real.act[:, n - 1 + t].to(device))
         frames.append(to_uint8(next_obs).cpu())
         rews.append(rew.float().cpu())
         ends.append(end.bool().cpu())
-    obs = torch.cat([real.obs[:, :CONTEXT], torch.stack(frames, 1)], dim=1)
+    obs = torch.cat([real.obs[:, :n], torch.stack(frames, 1)], dim=1)
     return Rollouts(obs, real.act, torch.stack(rews, 1), torch.stack(ends, 1), real.valid, real.pad)
 
 
 def compare(real: Rollouts, fake: Rollouts) -> dict:
     """Per-step and overall PSNR / SSIM, the copy-last-frame PSNR baseline, reward and end accuracy."""
     n, horizon = real.valid.shape
-    r, f = real.obs[:, CONTEXT:], fake.obs[:, CONTEXT:]
+    c = real.context_length
+    r, f = real.obs[:, c:], fake.obs[:, c:]
     flat = lambda x: x.reshape(n * horizon, *x.shape[2:])
     p = psnr(r, f)
     s = ssim(flat(r), flat(f)).reshape(n, horizon)
-    base = psnr(r, real.obs[:, CONTEXT - 1:CONTEXT].expand_as(r))
+    base = psnr(r, real.obs[:, c - 1:c].expand_as(r))
     v = real.valid
     count = v.sum(0)
     per_step = lambda m: [float(x) if c else None for x, c in zip((m * v).sum(0) / count.clamp_min(1), count)]
@@ -220,7 +228,8 @@ def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 1
     """(H, W, 3) uint8: the last context frame then evenly spaced steps; real row above, imagined below."""
     valid_steps = int(real.valid[index].sum())
     steps = sorted({int(round(x)) for x in np.linspace(1, max(1, valid_steps), min(columns, max(1, valid_steps)))})
-    cols = [CONTEXT - 1] + [CONTEXT - 1 + t for t in steps]
+    c = real.context_length
+    cols = [c - 1] + [c - 1 + t for t in steps]
     pad = 2
     side = real.obs.shape[-1] * scale
     out = np.full((2 * side + 3 * pad, len(cols) * (side + pad) + pad, 3), 255, dtype=np.uint8)
@@ -234,14 +243,14 @@ def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 1
 
 def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), out_dir: str | Path | None = None) -> dict:
     """Record real trajectories, imagine them, compare -> JSON-safe dict; writes `strip.png` into out_dir."""
-    game = game_name(game)
+    game = resolve_game(game)
     if cfg.policy not in ("agent", "random"):
-        raise ValueError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
-    probe = make_game_env(game, train=False)
+        raise UserError(f"policy must be 'agent' or 'random', got {cfg.policy!r}")
+    probe = make_env(game, train=False)
     num_actions = int(probe.action_space.n)
     probe.close()
     if agent.num_actions != num_actions:
-        raise ValueError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
+        raise UserError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
     agent.eval()
     real = record_real(agent, game, cfg)
     fake = imagine(agent, real, cfg)
@@ -292,6 +301,6 @@ def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConf
     """Load weights (any `--weights` source) for `game` and measure their fidelity."""
     from weights import load_agent
 
-    game = game_name(game)
+    game = resolve_game(game)
     agent = load_agent(source, game=game, device=device)
     return {"weights": source or "default", **measure_fidelity(agent, game, cfg, out_dir)}

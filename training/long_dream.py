@@ -16,6 +16,7 @@ import torch
 
 from model.pixels import to_uint8
 from training.fidelity import MAX_PSNR, FidelityConfig, record_real
+from weights.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,15 @@ def static_board(game: str, size: int, num_steps: int, seed: int = 0) -> tuple[t
     """-> mask (H, W) bool of the pixels that never changed over `num_steps` real frames of `game`, and the
     frame (3, H, W) uint8 they are taken from. Played by the scripted player if the game has one, else at
     random, in the test env (whole games, lives lost and restarted)."""
-    from training.evaluate import make_game_env
+    from training.atari_env import make_env
     from training.scripted import POLICIES
 
-    env = make_game_env(game, train=False)
+    env = make_env(game, train=False)
     rng = np.random.default_rng(seed)
     player = POLICIES[game](rng) if game in POLICIES else None
     frame, _ = env.reset(seed=seed)
     if frame.shape[:2] != (size, size):
-        raise ValueError(f"{game}: frames are {frame.shape[:2]}, the model's are {size}x{size}")
+        raise UserError(f"{game}: frames are {frame.shape[:2]}, the model's are {size}x{size}")
     first = frame.copy()
     changed = np.zeros(frame.shape[:2], dtype=bool)
     for _ in range(num_steps):
@@ -70,11 +71,11 @@ def measure_board(agent, game: str, cfg: BoardConfig = BoardConfig()) -> dict:
     from model.world_model_env import WorldModelEnv
 
     if not cfg.steps or min(cfg.steps) < 1:
-        raise ValueError("board steps must be positive")
+        raise UserError("board steps must be positive")
     size = agent.config.img_size
     mask, reference = static_board(game, size, cfg.real_steps, cfg.seed)
     if not mask.any():
-        raise ValueError(f"{game}: every pixel changed in real play; nothing to measure the board on")
+        raise UserError(f"{game}: every pixel changed in real play; nothing to measure the board on")
     # a pool of real contexts to start and restart the dreams from (random play, varied starts)
     pool = record_real(agent, game, FidelityConfig(horizon=1, contexts=2 * cfg.dreams, seed=cfg.seed,
                                                    policy="random"))

@@ -1,17 +1,23 @@
 """The training loop (diamond.md section 4): collect -> train denoiser, reward/end, actor-critic -> evaluate -> save.
 
-`train(cfg, run_dir)` is the whole recipe; `training.session` builds what it uses (models, optimizers,
-samplers, envs) and saves/restores it. A run killed at any moment continues with `resume=True` from its last
-checkpoint (end of the last epoch); the episode store keeps every episode written before the kill.
+`train(cfg, run_dir)` is the whole recipe. `training.session` builds and saves what it trains (models,
+optimizers, samplers, counters); `training.experience` is where real data comes from and where the agent is
+tested (the real game on rank 0, the user's recordings in static-dataset mode). A run killed at any moment
+continues with `resume=True` from its last checkpoint (end of the last epoch) with the same real-step budget;
+the episode store keeps every episode written before the kill.
 """
 from __future__ import annotations
 
 import time
 
+from tqdm import tqdm
+
 from training.ddp import all_reduce_mean, barrier, broadcast_object, close_world, init_world
-from training.imagination import actor_critic_update
-from training.presets import TrainConfig
+from training.experience import OtherRank, RealGame, Recordings
+from training.imagination import Imagination, actor_critic_update
+from training.presets import ModelTraining, TrainConfig
 from training.run_dir import RunDir
+from training.segments import SegmentSampler
 from training.session import Session
 from training.updates import denoiser_update, rew_end_update
 
@@ -22,50 +28,103 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
     max_epochs: stop after this many epochs in total (a resumed run continues to it).
-    Raises ValueError for a finished run, or for an existing run started again without `resume`.
+    Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
-        if s.counters.epoch == 0:
-            s.initial_collection() if s.dataset is None else s.start_static()
+        cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
+        real = _real_experience(s)
+        imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
+                                  world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
+                                  cfg.imagination.denoising_steps, s.generator)
+        ac_state = None  # the actor-critic's LSTM state, carried from one update to the next
+        if not s.restored:
+            metrics = real.start(s.counters)  # epoch 0: the initial collection
+            s.save(metrics)
         s.counters = broadcast_object(s.counters, world)
-        last_epoch = s.counters.num_epochs if max_epochs is None else min(max_epochs, s.counters.num_epochs)
-        for epoch in range(s.counters.epoch + 1, last_epoch + 1):
+        c = s.counters
+        last_epoch = c.num_epochs if max_epochs is None else min(max_epochs, c.num_epochs)
+        for epoch in range(c.epoch + 1, last_epoch + 1):
             t0 = time.perf_counter()
             laps = [("start", t0)]  # phase ends: the epoch's time split in the metrics (time/{phase}_s)
             lap = lambda phase: laps.append((phase, time.perf_counter()))
-            collected = {}
-            if s.collector is not None and epoch <= s.counters.num_collect_epochs:
-                collected = s.collect(s.cfg.collect_steps_per_epoch)
+            collected = real.collect(c, epoch)
             lap("collect")
             barrier(world)
             s.store.refresh()  # other ranks: pick up the episodes rank 0 just wrote
-            first, metrics = epoch == 1, {}
-            metrics |= s.run_updates("denoiser", epoch, first, lambda: denoiser_update(
-                s.agent, s.samplers["denoiser"].sample().to(world.device), s.optims["denoiser"]))
+            means = Means()
+            for _ in _updates("denoiser", cfg.denoiser, epoch, c, s.progress):
+                batch = samplers["denoiser"].sample().to(dev)
+                means.add("denoiser", denoiser_update(agent, batch, optims["denoiser"]))
             lap("denoiser")
-            metrics |= s.run_updates("rew_end", epoch, first, lambda: rew_end_update(
-                s.agent, s.samplers["rew_end"].sample().to(world.device), s.optims["rew_end"]))
+            for _ in _updates("rew_end", cfg.rew_end, epoch, c, s.progress):
+                batch = samplers["rew_end"].sample().to(dev)
+                means.add("rew_end", rew_end_update(agent, batch, optims["rew_end"]))
             lap("rew_end")
-            if s.imagination is not None:
-                metrics |= s.run_updates("actor_critic", epoch, first, lambda: s.imagine_update(actor_critic_update))
+            for _ in _updates("actor_critic", cfg.actor_critic, epoch, c, s.progress):
+                m, ac_state = actor_critic_update(agent, imagination, optims["actor_critic"], cfg.imagination,
+                                                  ac_state)
+                means.add("actor_critic", m)
             lap("actor_critic")
-            metrics = collected | all_reduce_mean(metrics, world)
-            if s.collector is not None and epoch % s.cfg.eval_every == 0:
-                metrics |= s.evaluate(s.cfg.eval_episodes, "test")
+            metrics = collected | all_reduce_mean(means.result(), world)
+            if epoch % cfg.eval_every == 0:
+                metrics |= real.evaluate(cfg.eval_episodes, seed=cfg.seed + epoch, tag="test")
             lap("evaluate")
-            s.counters.epoch = epoch
+            c.epoch = epoch
             metrics["time/epoch_s"] = time.perf_counter() - t0
             metrics |= {f"time/{phase}_s": end - start for (_, start), (phase, end) in zip(laps, laps[1:])}
             s.save(metrics)
             barrier(world)
-        summary = {"finished": False, "epoch": s.counters.epoch}
-        if s.counters.epoch >= s.counters.num_epochs:
-            final = s.evaluate(s.cfg.final_eval_episodes, "final") if s.collector is not None else {}
-            summary = s.finish(final)
+        summary = {"finished": False, "epoch": c.epoch}
+        if c.epoch >= c.num_epochs:
+            # seeded with the run's seed: `dreamarcade eval --weights RUN/weights --seed SEED` plays the same games
+            final = real.evaluate(cfg.final_eval_episodes, seed=cfg.seed, tag="final")
+            summary = s.finish(final, eval_seed=cfg.seed)
+        real.close()
         s.close()
         return summary
     finally:
         close_world(world)
+
+
+def _real_experience(s: Session):
+    """Where this process's real data comes from: the user's recordings, the real game (rank 0), or rank 0."""
+    if s.dataset:
+        return Recordings(s.cfg, s.store)
+    if s.world.is_main:
+        return RealGame(s.cfg, s.agent, s.store, s.run.path, s.world.device, s.progress)
+    return OtherRank(s.cfg, s.store)
+
+
+def _contexts(sampler: SegmentSampler, n: int, device):
+    """n real 4-frame contexts (obs (n, 4, 3, H, W) in [-1, 1], act (n, 4)) to start imagined games from."""
+    batch = sampler.sample(batch_size=n)
+    return batch.obs.to(device), batch.act.to(device)
+
+
+def _updates(model: str, mcfg: ModelTraining, epoch: int, counters, progress: bool):
+    """The epoch's updates of one model (`steps_first_epoch` in epoch 1, else `steps_per_epoch`), counted."""
+    n = mcfg.steps_first_epoch if epoch == 1 else mcfg.steps_per_epoch
+    counters.updates[model] += n
+    return tqdm(range(n), desc=f"epoch {epoch}/{counters.num_epochs} {model}", leave=False,
+                disable=not progress, dynamic_ncols=True)
+
+
+class Means:
+    """Mean of each metric over an epoch's updates -> {model/train/key: mean}. Metrics may be numbers or device
+    tensors: they are summed as they come and read once, at the end of the epoch (no host sync per update)."""
+
+    def __init__(self) -> None:
+        self.sums: dict = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, model: str, metrics: dict) -> None:
+        for k, v in metrics.items():
+            key = f"{model}/train/{k}"
+            self.sums[key] = self.sums.get(key, 0.0) + v  # a new value: a tensor the update reuses is copied
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def result(self) -> dict:
+        return {k: float(v) / self.counts[k] for k, v in self.sums.items()}

@@ -14,6 +14,7 @@ from model.agent import AgentConfig
 from model.denoiser import DenoiserConfig
 from model.rew_end import RewEndConfig
 from training.optim import OptimConfig
+from weights.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -69,25 +70,37 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["sample_weights"] = tuple(d.get("sample_weights", ()))
-        for key in ("denoiser", "rew_end", "actor_critic"):
-            if key in d:
-                m = dict(d[key])
-                m["optim"] = OptimConfig(**m["optim"])
-                d[key] = ModelTraining(**m)
-        if "imagination" in d:
-            d["imagination"] = ImaginationConfig(**d["imagination"])
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**d)
+        """The inverse of `to_dict` (a run's config.json). Raises UserError naming the first unknown or missing
+        key (e.g. "denoiser.optim.lr"): a config that does not say everything is not guessed at."""
+        return _from_dict(cls, d, "")
 
     @property
     def num_collect_epochs(self) -> int:
         """Epochs with collection after the initial one (the exact count depends on the initial collection)."""
         return max(0, (self.total_real_steps - self.initial_steps_min) // max(1, self.collect_steps_per_epoch))
+
+
+def _from_dict(cls: type, d, where: str):
+    """A (nested) config dataclass from its `asdict` form, every field required; lists become tuples."""
+    if not isinstance(d, dict):
+        raise UserError(f"training config: {where.rstrip('.') or 'the config'} must be a JSON object, got {d!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise UserError(f"training config: unknown key {where + unknown[0]!r}")
+    missing = [k for k in names if k not in d]
+    if missing:
+        raise UserError(f"training config: missing key {where + missing[0]!r}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = d[f.name]
+        nested = _NESTED.get(f.type)
+        kwargs[f.name] = (_from_dict(nested, value, f"{where}{f.name}.") if nested
+                          else tuple(value) if isinstance(value, list) else value)
+    return cls(**kwargs)
+
+
+_NESTED = {"OptimConfig": OptimConfig, "ModelTraining": ModelTraining, "ImaginationConfig": ImaginationConfig}
 
 
 def _updates(cfg: TrainConfig, first: tuple[int, int, int], per_epoch: tuple[int, int, int]) -> TrainConfig:
@@ -185,11 +198,11 @@ def agent_config(cfg: TrainConfig, num_actions: int) -> AgentConfig:
             actor_critic=ActorCriticConfig(lstm_dim=128, channels=(8, 8, 16, 16)),
         )
     if cfg.model not in model_presets.PRESETS:
-        raise ValueError(f"unknown model preset {cfg.model!r}; choose one of: {', '.join(model_presets.PRESETS)}, catch")
+        raise UserError(f"unknown model preset {cfg.model!r}; choose one of: {', '.join(model_presets.PRESETS)}, catch")
     return model_presets.PRESETS[cfg.model](num_actions)
 
 
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]()

@@ -3,7 +3,7 @@
     RUN/config.json          the TrainConfig and the AgentConfig (JSON)
     RUN/metrics.jsonl        one JSON object per log call: {"epoch": e, "key": value, ...}
     RUN/tensorboard/         the same scalars as TensorBoard event files
-    RUN/plots/*.png          learning curves, redrawn after every epoch
+    RUN/plots/*.png          learning curves, redrawn at most once a minute and at the end of a session
     RUN/checkpoint.pt        models, optimizers, schedules, counters, RNG states (torch.load weights_only)
     RUN/weights/             the agent in the dreamarcade weights format, after every epoch
     RUN/store/               the episode store (owned by training.episode_store)
@@ -23,6 +23,7 @@ import torch
 
 from training.tensorboard_log import ScalarWriter
 from weights.atomic import atomic_write
+from weights.errors import NotFound, UserError
 
 
 class RunDir:
@@ -48,9 +49,9 @@ class RunDir:
         try:
             return json.loads(self.config_path.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"{self.config_path}: no config.json, so this is not a training run directory")
+            raise NotFound(f"{self.config_path}: no config.json, so this is not a training run directory")
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.config_path}: not valid JSON ({e})")
+            raise UserError(f"{self.config_path}: not valid JSON ({e})")
 
     # metrics
     def log(self, metrics: dict, epoch: int) -> None:
@@ -61,6 +62,15 @@ class RunDir:
         if self._tb is None:
             self._tb = ScalarWriter(self.path / "tensorboard")
         self._tb.add_scalars(metrics, epoch)
+
+    def drop_metrics_after(self, epoch: int | None) -> None:
+        """Keeps the metrics rows of epochs up to `epoch` (None: none), rewriting the file atomically: a run
+        resumed from the checkpoint of `epoch` logs the later epochs again."""
+        rows = self.read_metrics()
+        kept = [row for row in rows if epoch is not None and row.get("epoch", 0) <= epoch]
+        if len(kept) != len(rows):
+            text = "".join(json.dumps(row) + "\n" for row in kept)
+            atomic_write(self.metrics_path, lambda f: f.write(text.encode()))
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -117,7 +127,7 @@ class RunDir:
         try:
             return torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
         except Exception as e:  # a truncated or foreign file: say which file
-            raise ValueError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
+            raise UserError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
 
     def save_weights(self, agent, metadata: dict) -> Path:
         """Saves the agent in the dreamarcade format to RUN/weights/ (`weights.save_agent` writes atomically)."""

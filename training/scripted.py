@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from training.atari_env import make_atari_env
 from training.episode_store import Episode, EpisodeStore
+from weights.errors import UserError
 
 # Breakout RAM (ALE): paddle x at 72, ball x at 99, ball y at 101 (0 while no ball is in play).
 # Measured against the 210x160 frame: paddle centre column = ram[72] - 39, ball column = ram[99] - 48.
@@ -73,7 +74,7 @@ def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int =
 
     Each episode (one life, as in the training env) draws its skill uniformly from `skill`."""
     if game not in POLICIES:
-        raise ValueError(f"no scripted player for {game}; scripted data exists for: {', '.join(POLICIES)}")
+        raise UserError(f"no scripted player for {game}; scripted data exists for: {', '.join(POLICIES)}")
     rng = np.random.default_rng(seed)
     env = make_atari_env(game, train=True, seed=seed)
     ale = env.unwrapped.ale

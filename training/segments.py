@@ -124,7 +124,7 @@ class SegmentSampler:
         self.world_size = world_size
         self.rng = np.random.default_rng(seed)
 
-    def sample_windows(self) -> list[tuple[int, int, int]]:
+    def sample_windows(self, batch_size: int | None = None) -> list[tuple[int, int, int]]:
         lengths = self.store.lengths
         probs = episode_probs(lengths, self.sample_weights)
         idx = np.arange(self.rank, len(lengths), self.world_size)
@@ -133,17 +133,17 @@ class SegmentSampler:
         if probs[idx].sum() == 0:
             raise ValueError(f"rank {self.rank} has no readable episodes")
         p = probs[idx] / probs[idx].sum()
-        chosen = self.rng.choice(idx, size=self.batch_size, p=p)
+        chosen = self.rng.choice(idx, size=self.batch_size if batch_size is None else batch_size, p=p)
         return [(int(e), *sample_window(self.rng, int(lengths[e]), self.seq_len, self.can_sample_beyond_end))
                 for e in chosen]
 
-    def sample(self) -> Batch:
-        """One Batch of `batch_size` segments of `seq_len` steps. An episode whose frames turn out to be
-        corrupt is reported by the store (by file name), left out, and the batch drawn again."""
+    def sample(self, batch_size: int | None = None) -> Batch:
+        """One Batch of `batch_size` (default: the sampler's) segments of `seq_len` steps. An episode whose
+        frames turn out to be corrupt is reported by the store (by file name), left out, and the batch drawn again."""
         while True:
             unreadable = int((self.store.lengths == 0).sum())
             try:
-                return make_batch(self.store, self.sample_windows())
+                return make_batch(self.store, self.sample_windows(batch_size))
             except ValueError:
                 if int((self.store.lengths == 0).sum()) == unreadable:  # not a newly found corrupt episode
                     raise

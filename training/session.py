@@ -1,14 +1,14 @@
-"""What a training run holds while it runs, and how it is saved and restored (used by training.loop).
+"""What a training run saves and restores (used by training.loop).
 
-A `Session` owns the agent, one optimizer per model, the segment samplers, the imagination, the collector and
-the counters; `Session.open` builds them for a new run or restores them from the run's checkpoint.
+A `Session` holds the agent, one optimizer per model, the segment samplers, the imagination's generator and
+the counters; `Session.open` builds them for a new run or restores them from the run's checkpoint, and
+`save` writes them (with the epoch's metrics, the weights and the plots) at the end of every epoch.
+Where the real data comes from is `training.experience`; the recipe is `training.loop`.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,23 +21,23 @@ from model.agent import Agent, AgentConfig
 from training.ddp import World, average_gradients, broadcast_module
 from training.device_segments import DeviceEpisodes, DeviceSegmentSampler
 from training.episode_store import EpisodeStore
-from training.imagination import Imagination
 from training.optim import ModelOptimizer
 from training.presets import TrainConfig, agent_config
 from training.run_dir import RunDir
-from training.segments import SegmentSampler, iterate_segments
-from training.toy_env import toy_env_id
-from training.updates import denoiser_test_loss, rew_end_test_loss
+from training.segments import SegmentSampler
+from weights.errors import NotFound, UserError
 
 CHECKPOINT_VERSION = 1
 MODELS = ("denoiser", "rew_end", "actor_critic")
+PLOT_EVERY_S = 60  # learning curves are redrawn at most this often (a few seconds each), and at the end
 
 
 @dataclass
 class Counters:
-    epoch: int = 0  # last completed epoch (0: initial collection not done yet)
+    epoch: int = 0  # last completed epoch (0: the initial collection, or nothing yet)
     num_epochs: int = 0  # total, fixed after the initial collection (diamond.md 4.1)
     num_collect_epochs: int = 0
+    initial_steps: int = 0  # real steps after the initial collection: collection targets start there
     real_steps: int = 0  # real transitions in the episode store
     real_episodes: int = 0
     updates: dict = field(default_factory=lambda: {m: 0 for m in MODELS})
@@ -45,75 +45,73 @@ class Counters:
 
 
 class Session:
-    def __init__(self, cfg: TrainConfig, agent_cfg: AgentConfig, run: RunDir, world: World,
+    """A run's models and everything its checkpoint holds: the agent, one optimizer per model, the segment
+    samplers (one per model, each with its random stream), the imagination's generator and the counters."""
+
+    def __init__(self, cfg: TrainConfig, agent_cfg: AgentConfig, run: RunDir, world: World, store: EpisodeStore,
                  dataset: str | None, progress: bool) -> None:
-        self.cfg, self.run, self.world, self.dataset = cfg, run, world, dataset
+        self.cfg, self.run, self.world, self.store, self.dataset = cfg, run, world, store, dataset
         self.progress = progress and world.is_main
         self.counters = Counters()
+        self.restored = False  # True once a checkpoint is loaded: the initial collection is done
         dev = world.device
         _seed_everything(cfg.seed + world.rank)
         self.agent = Agent(agent_cfg).to(dev)
         sync = partial(average_gradients, world=world) if world.distributed else None
         self.optims = {m: ModelOptimizer(getattr(self.agent, m), getattr(cfg, m).optim, sync) for m in MODELS}
-        self.store = EpisodeStore(dataset, static=True) if dataset else EpisodeStore(run.store_path)
-        weights = tuple(cfg.sample_weights) or None
-        if dataset:
-            weights = None  # as the reference's static-dataset mode: length-proportional sampling
+        weights = tuple(cfg.sample_weights) or None  # () -> length-proportional sampling
         # on a GPU the store's frames stay resident there and batches are gathered there (same batches)
-        resident = DeviceEpisodes(self.store, dev) if torch.device(dev).type == "cuda" else None
+        resident = DeviceEpisodes(store, dev) if torch.device(dev).type == "cuda" else None
         sampler = partial(DeviceSegmentSampler, device=dev, episodes=resident) if resident else SegmentSampler
         self.samplers = {
-            m: sampler(self.store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
+            m: sampler(store, world.share(getattr(cfg, m).batch_size), getattr(cfg, m).seq_length,
                        can_sample_beyond_end=(m == "rew_end"), sample_weights=weights, rank=world.rank,
                        world_size=world.world_size, seed=cfg.seed * 1000 + world.rank)
             for m in MODELS}
         self.generator = torch.Generator(dev)
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
-        self.imagination = self.ac_state = None
-        if not dataset:
-            self.imagination = Imagination(self.agent, self._contexts, world.share(cfg.actor_critic.batch_size),
-                                           cfg.imagination.horizon, cfg.imagination.denoising_steps, self.generator)
-        self.collector = self.policy = None
-        if world.is_main and not dataset:
-            from training.collect import ActorCriticPolicy, Collector, VecSource
-
-            self.env_name = toy_env_id(cfg.game) or cfg.game
-            self.collector = Collector(VecSource(self.env_name, 1, train=True), self.store, seed=cfg.seed)
-            self.policy = ActorCriticPolicy(self.agent.actor_critic, agent_cfg.num_actions, cfg.epsilon,
-                                            seed=cfg.seed, device=dev)
-        self._t_start = time.perf_counter()
-        self._bar = None
+        self._t_start = self._t_plot = time.perf_counter()
+        self._unplotted = False
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
     def open(cls, cfg: TrainConfig | None, run: RunDir, world: World, resume: bool, dataset: str | None,
              progress: bool) -> "Session":
+        """A new run (cfg given, config.json written) or the run in `run` restored from its checkpoint.
+        Raises UserError for a finished run, a run to resume that does not exist, or one started again."""
         if run.is_finished:
-            raise ValueError(f"{run.path}: this run is finished (see {run.finished_path}); nothing to do")
+            raise UserError(f"{run.path}: this run is finished (see {run.finished_path}); nothing to do")
         if resume:
             if not run.config_path.exists():
-                raise FileNotFoundError(f"{run.path}: no training run to resume (no config.json)")
+                raise NotFound(f"{run.path}: no training run to resume (no config.json)")
             saved = run.read_config()
             cfg, dataset = TrainConfig.from_dict(saved["train"]), saved.get("dataset")
             agent_cfg = AgentConfig.from_dict(saved["agent"])
         else:
             if run.config_path.exists():
-                raise ValueError(f"{run.path} already holds a training run: continue it with --resume, "
-                                 "or choose another --run-dir")
+                raise UserError(f"{run.path} already holds a training run: continue it with --resume, "
+                                "or choose another --run-dir")
             if cfg is None:
                 raise ValueError("a new run needs a training config")
             if cfg.seed is None:
                 cfg = dataclasses.replace(cfg, seed=random.SystemRandom().randrange(2**31))
+            if dataset:
+                cfg = static_dataset_config(cfg)
             agent_cfg = agent_config(cfg, _num_actions(cfg.game, dataset))
             if world.is_main:
                 run.write_config({"train": cfg.to_dict(), "agent": agent_cfg.to_dict(), "dataset": dataset,
                                   "world_size": world.world_size})
-        s = cls(cfg, agent_cfg, run, world, dataset, progress)
+        store = EpisodeStore(dataset, static=True) if dataset else EpisodeStore(run.store_path)
+        if dataset and store.num_episodes == 0:
+            raise UserError(f"{dataset}: no episodes (.npz files) found")
+        s = cls(cfg, agent_cfg, run, world, store, dataset, progress)
         ckpt = run.load_checkpoint() if resume else None
         if ckpt is not None:
             s.load_state_dict(ckpt)
+        if world.is_main:  # rows logged after the checkpoint (a kill between the two) are logged again
+            run.drop_metrics_after(s.counters.epoch if s.restored else None)
         broadcast_module(s.agent, world)
-        s.counters.real_steps, s.counters.real_episodes = s.store.num_steps, s.store.num_episodes
+        s.counters.real_steps, s.counters.real_episodes = store.num_steps, store.num_episodes
         return s
 
     def state_dict(self) -> dict:
@@ -131,12 +129,17 @@ class Session:
 
     def load_state_dict(self, ckpt: dict) -> None:
         if ckpt.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"{self.run.checkpoint_path}: checkpoint version {ckpt.get('version')!r}, "
-                             f"expected {CHECKPOINT_VERSION}")
+            raise UserError(f"{self.run.checkpoint_path}: checkpoint version {ckpt.get('version')!r}, "
+                            f"expected {CHECKPOINT_VERSION}")
         self.agent.load_state_dict(ckpt["agent"])
         for m, o in self.optims.items():
             o.load_state_dict(ckpt["optimizers"][m])
-        self.counters = Counters(**ckpt["counters"])
+        counters = dict(ckpt["counters"])
+        if "initial_steps" not in counters:  # a checkpoint written before the counter existed
+            collected = min(counters["epoch"], counters["num_collect_epochs"]) * self.cfg.collect_steps_per_epoch
+            counters["initial_steps"] = max(0, counters["real_steps"] - collected)
+        self.counters = Counters(**counters)
+        self.restored = True
         if self.world.is_main:  # other ranks keep their own streams (seeded by rank and epoch)
             rng = ckpt["rng"]
             torch.set_rng_state(rng["torch"])
@@ -149,98 +152,6 @@ class Session:
                 torch.cuda.set_rng_state_all(rng["cuda"])
         else:
             _seed_everything(self.cfg.seed + self.world.rank + 104729 * self.counters.epoch)
-
-    # --- phases ---------------------------------------------------------------------------------------
-    def initial_collection(self) -> None:
-        """Epoch 0: random play until `initial_steps_min` real steps, then on until the two rarest reward signs
-        are seen `initial_min_rare_rewards` times or `initial_steps_max` steps (diamond.md 4.1)."""
-        from training.collect import RandomPolicy
-
-        if self.collector is None:  # ranks > 0: rank 0 collects, the counters are broadcast
-            return
-        cfg = self.cfg
-        policy = RandomPolicy(self.collector.source.num_actions, seed=cfg.seed)
-        with tqdm(total=cfg.initial_steps_min, desc="initial collection", disable=not self.progress) as bar:
-            while self.store.num_steps < cfg.initial_steps_min:
-                self.collector.collect(policy, num_steps=min(100, cfg.initial_steps_min - self.store.num_steps))
-                bar.update(min(self.store.num_steps, cfg.initial_steps_min) - bar.n)
-            while self.store.num_steps < cfg.initial_steps_max and _rare_rewards(self.store) < cfg.initial_min_rare_rewards:
-                self.collector.collect(policy, num_steps=100)
-        c = self.counters
-        c.real_steps, c.real_episodes = self.store.num_steps, self.store.num_episodes
-        per_epoch = max(1, cfg.collect_steps_per_epoch)
-        c.num_collect_epochs = max(0, math.ceil((cfg.total_real_steps - c.real_steps) / per_epoch))
-        c.num_epochs = c.num_collect_epochs + cfg.num_final_epochs
-        self.save({"collect/real_steps": c.real_steps, "collect/episodes": c.real_episodes,
-                   "collect/return_mean": float(np.mean(self.store.returns()))})
-
-    def start_static(self) -> None:
-        """Static-dataset mode: no collection; as many epochs as the preset's full run."""
-        if self.store.num_episodes == 0:
-            raise ValueError(f"{self.dataset}: no episodes (.npz files) found")
-        c = self.counters
-        c.num_collect_epochs, c.num_epochs = 0, self.cfg.num_collect_epochs + self.cfg.num_final_epochs
-        self.save({"dataset/steps": self.store.num_steps, "dataset/episodes": self.store.num_episodes})
-
-    def collect(self, num_steps: int) -> dict:
-        stats = self.collector.collect(self.policy, num_steps=num_steps)
-        self.counters.real_steps, self.counters.real_episodes = self.store.num_steps, self.store.num_episodes
-        out = {"collect/real_steps": self.counters.real_steps, "collect/episodes": self.counters.real_episodes}
-        if stats.returns:
-            out["collect/return_mean"] = float(np.mean(stats.returns))
-        return out
-
-    def run_updates(self, model: str, epoch: int, first: bool, update) -> dict:
-        """`steps_first_epoch` or `steps_per_epoch` calls of update() -> mean metrics as {model/train/key}."""
-        mcfg = getattr(self.cfg, model)
-        n = mcfg.steps_first_epoch if first else mcfg.steps_per_epoch
-        sums: dict = {}  # device tensors (the updates' metrics), read once at the end: no sync per update
-        bar = tqdm(range(n), desc=f"epoch {epoch}/{self.counters.num_epochs} {model}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
-        for _ in bar:
-            m = update()
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
-        self.counters.updates[model] += n
-        return {f"{model}/train/{k}": float(v) / n for k, v in sums.items()} if n else {}
-
-    def imagine_update(self, update_fn) -> dict:
-        metrics, self.ac_state = update_fn(self.agent, self.imagination, self.optims["actor_critic"],
-                                           self.cfg.imagination, self.ac_state)
-        return metrics
-
-    def _contexts(self, n: int):
-        """n real 4-frame contexts (obs (n, 4, 3, H, W) in [-1, 1], act (n, 4)) to start imagined games from."""
-        sampler = self.samplers["actor_critic"]
-        sampler.batch_size = n
-        batch = sampler.sample()
-        return batch.obs.to(self.world.device), batch.act.to(self.world.device)
-
-    def evaluate(self, num_episodes: int, tag: str) -> dict:
-        """Full test episodes (no exploration, policy sampled) and world-model losses on them (rank 0)."""
-        from training.collect import ActorCriticPolicy, Collector, VecSource
-
-        test_store_path = self.run.path / "test_store"
-        shutil.rmtree(test_store_path, ignore_errors=True)
-        test_store = EpisodeStore(test_store_path)
-        source = VecSource(self.env_name, min(num_episodes, 16), train=False)
-        collector = Collector(source, test_store, seed=self.cfg.seed + 1_000_003 + self.counters.epoch)
-        policy = ActorCriticPolicy(self.agent.actor_critic, source.num_actions, 0.0,
-                                   seed=self.cfg.seed + self.counters.epoch, device=self.world.device)
-        self.agent.actor_critic.eval()
-        try:
-            stats = collector.collect(policy, num_episodes=num_episodes)
-        finally:
-            collector.close()
-        returns = np.asarray(stats.returns[:num_episodes])
-        out = {f"{tag}/return_mean": float(returns.mean()), f"{tag}/return_std": float(returns.std()),
-               f"{tag}/episodes": len(returns)}
-        if tag == "test":
-            n = self.agent.denoiser.cfg.num_steps_conditioning
-            batches = lambda seq: (b.to(self.world.device) for b in iterate_segments(test_store, seq, 32))
-            out |= {f"denoiser/test/{k}": v for k, v in denoiser_test_loss(self.agent, batches(n + 2)).items()}
-            out |= {f"rew_end/test/{k}": v for k, v in rew_end_test_loss(self.agent, batches(self.cfg.rew_end.seq_length)).items()}
-        return out
 
     # --- saving ---------------------------------------------------------------------------------------
     def save(self, metrics: dict) -> None:
@@ -257,8 +168,14 @@ class Session:
         self.run.save_checkpoint(self.state_dict())
         self.run.save_weights(self.agent, {"game": self.cfg.game, "epoch": c.epoch, "real_steps": c.real_steps,
                                            "source": "dreamarcade train", "preset_model": self.cfg.model})
-        self.run.plot()
+        self._unplotted = True
+        if now - self._t_plot >= PLOT_EVERY_S:  # and at the end of the session (close)
+            self.plot()
         self._report(metrics)
+
+    def plot(self) -> None:
+        self.run.plot()
+        self._t_plot, self._unplotted = time.perf_counter(), False
 
     def _report(self, metrics: dict) -> None:
         c = self.counters
@@ -273,47 +190,51 @@ class Session:
         else:
             print(line, flush=True)
 
-    def finish(self, final: dict) -> dict:
+    def finish(self, final: dict, eval_seed: int) -> dict:
+        """Logs the final evaluation (played with `eval_seed`) and marks the run finished -> its summary."""
         c = self.counters
         summary = {"finished": True, "epoch": c.epoch, "real_steps": c.real_steps, "updates": c.updates,
-                   "seconds": c.seconds, **final}
+                   "seconds": c.seconds, **final, **({"final/seed": eval_seed} if final else {})}
         if self.world.is_main:
             if final:
                 self.run.log(final, c.epoch)
-                self.run.plot()
+                self._unplotted = True
             self.run.mark_finished(summary)
         return summary
 
     def close(self) -> None:
-        if self.collector is not None:
-            self.collector.close()
+        """Draws the curves of what was logged since they were last drawn; closes the run's logs."""
+        if self._unplotted:
+            self.plot()
         self.run.close()
+
+
+def static_dataset_config(cfg: TrainConfig) -> TrainConfig:
+    """Static-dataset mode trains the world model only (no actor-critic updates) and samples episodes in
+    proportion to their length, as the reference's static-dataset mode."""
+    no_updates = dataclasses.replace(cfg.actor_critic, steps_first_epoch=0, steps_per_epoch=0)
+    return dataclasses.replace(cfg, actor_critic=no_updates, sample_weights=())
 
 
 def _num_actions(game: str, dataset: str | None) -> int:
     """The game's action count (its env), or for a static dataset of an unknown game, max action + 1."""
     from training.atari_env import make_env
-    from training.games import is_atari_game
+    from training.games import resolve_game
 
-    name = toy_env_id(game) or game
-    if dataset and not (is_atari_game(game) or toy_env_id(game)):
+    try:
+        game = resolve_game(game)
+    except UserError:
+        if not dataset:
+            raise
         store = EpisodeStore(dataset, static=True)
         if store.num_episodes == 0:
-            raise ValueError(f"{dataset}: no episodes (.npz files) found")
+            raise UserError(f"{dataset}: no episodes (.npz files) found") from None
         return int(max(int(ep.act.max()) for ep in store)) + 1
-    env = make_env(name, train=True)
+    env = make_env(game, train=True)
     try:
         return int(env.action_space.n)
     finally:
         env.close()
-
-
-def _rare_rewards(store: EpisodeStore) -> int:
-    """Sum of the two smallest counts of sign(rew) in {-1, 0, 1} over the store."""
-    counts = np.zeros(3, dtype=np.int64)
-    for ep in store:
-        counts += np.bincount(np.sign(ep.rew).astype(np.int64) + 1, minlength=3)
-    return int(np.sort(counts)[:2].sum())
 
 
 def _seed_everything(seed: int) -> None:

@@ -18,7 +18,6 @@ CELL_W, CELL_H = 16, 8  # pixels: 4 * 16 = 64 wide, 7 * 8 = 56 high, the paddle 
 BALL_COLOR = (255, 64, 64)
 PADDLE_COLOR = (64, 255, 64)
 ACTION_MEANINGS = ["NOOP", "LEFT", "RIGHT"]
-TOY_GAMES = ("Catch",)
 
 
 class CatchEnv(gym.Env):
@@ -65,10 +64,6 @@ class CatchEnv(gym.Env):
         frame[ROWS * CELL_H + 2:, p + 1:p + CELL_W - 1] = PADDLE_COLOR
         return frame
 
-if "dreamarcade/Catch-v0" not in gym.registry:
+
+if "dreamarcade/Catch-v0" not in gym.registry:  # the id training.games.TOY_GAMES names
     gym.register("dreamarcade/Catch-v0", entry_point=CatchEnv)
-
-
-def toy_env_id(game: str) -> str | None:
-    """The gymnasium id of a toy game name ("Catch", any case), or None when `game` is not a toy game."""
-    return "dreamarcade/Catch-v0" if str(game).strip().lower() == "catch" else None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from weights.errors import NotFound, UserError
 from weights.format import build_agent
 
 ACT_EMB_KEY = "denoiser.inner_model.act_emb.0.weight"  # (num_actions, 64): the action count
@@ -38,24 +39,24 @@ def read_diamond_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The raw state dict (DIAMOND key names) of a `.pt` agent checkpoint, loaded on CPU.
 
     Never unpickles code: a file holding anything but tensors and plain containers is refused
-    (ValueError), as is a truncated or corrupt file; the message names the file.
+    (UserError), as is a truncated or corrupt file; the message names the file.
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise NotFound(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise ValueError(
+            raise UserError(
                 f"{path}: refused: the checkpoint contains pickled Python objects other than tensors "
                 "(loading it could run code); only plain agent state dicts are loaded"
             ) from None
-        raise ValueError(f"{path}: not a valid PyTorch checkpoint ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a valid PyTorch checkpoint ({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(f"{path}: not a valid PyTorch checkpoint: truncated or corrupt ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a valid PyTorch checkpoint: truncated or corrupt ({_first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise ValueError(f"{path}: not a DIAMOND agent checkpoint (expected a dict of tensors, got {type(state).__name__})")
+        raise UserError(f"{path}: not a DIAMOND agent checkpoint (expected a dict of tensors, got {type(state).__name__})")
     return state
 
 
@@ -63,7 +64,7 @@ def diamond_num_actions(state: dict, where: str) -> int:
     """The number of actions of a DIAMOND state dict, read from the denoiser's action embedding."""
     weight = state.get(ACT_EMB_KEY)
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-        raise ValueError(f"{where}: missing key {ACT_EMB_KEY} (needed for the number of actions); "
+        raise UserError(f"{where}: missing key {ACT_EMB_KEY} (needed for the number of actions); "
                          "not a DIAMOND agent checkpoint?")
     return int(weight.shape[0])
 
@@ -72,19 +73,17 @@ def rename_diamond_state_dict(state: dict, where: str) -> dict[str, torch.Tensor
     """A DIAMOND state dict under our module names (`rew_end_model.` -> `rew_end.`)."""
     renamed = {to_our_key(k): v for k, v in state.items()}
     if len(renamed) != len(state):
-        raise ValueError(f"{where}: holds both rew_end_model.* and rew_end.* keys")
+        raise UserError(f"{where}: holds both rew_end_model.* and rew_end.* keys")
     return renamed
 
 
 def load_diamond_agent(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """A model.Agent (reference Atari size, eval mode) with the weights of a DIAMOND `.pt` checkpoint.
 
-    Raises ValueError naming the file and the key for a missing, extra or misshaped key.
+    Raises UserError naming the file and the key for a missing, extra or misshaped key.
     """
     where = str(Path(path).expanduser())
-    agent = agent_from_diamond_state(read_diamond_checkpoint(path), where)
-    agent.weights_info = {"source": "diamond", "file": where}
-    return agent.to(device).eval()
+    return agent_from_diamond_state(read_diamond_checkpoint(path), where).to(device).eval()
 
 
 def agent_from_diamond_state(state: dict, where: str):

@@ -10,7 +10,7 @@ A weights directory holds `agent.safetensors` (plus, optionally, a model card `R
     dtype           dtype the tensors were stored in ("float32", or "float16"/"bfloat16" for shipping)
     info            JSON object: game, source, training steps... (whatever the writer passed as metadata)
 
-Every check on load gives a `ValueError` naming the file and what is wrong; float16/bfloat16 files
+Every check on load gives a `UserError` naming the file and what is wrong; float16/bfloat16 files
 come back as float32.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from weights.atomic import atomic_write
+from weights.errors import NotFound, UserError
 
 FORMAT_NAME = "dreamarcade-agent"
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ def weights_file(path: str | os.PathLike) -> Path:
         found = sorted(path.glob("*.safetensors"))
         if len(found) == 1:
             return found[0]
-        raise FileNotFoundError(
+        raise NotFound(
             f"{path}: not a dreamarcade weights directory (no {WEIGHTS_FILENAME}"
             + (f"; found {', '.join(p.name for p in found)}" if found else "") + ")"
         )
@@ -58,7 +59,7 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
     Returns the path of the file written.
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
     path = Path(path).expanduser()
     file = path if path.suffix == ".safetensors" else path / WEIGHTS_FILENAME
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
         if value.is_floating_point() and dtype != "float32":
             half = value.to(_DTYPES[dtype])
             if not torch.isfinite(half).all() and torch.isfinite(value).all():
-                raise ValueError(f"{key} has values outside the {dtype} range; save it as bfloat16 or float32")
+                raise UserError(f"{key} has values outside the {dtype} range; save it as bfloat16 or float32")
             value = half
         tensors[key] = value.contiguous().clone()  # clone: safetensors refuses shared storage
     atomic_write(file, lambda f: f.write(save(tensors, metadata=header)))
@@ -88,19 +89,19 @@ def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
     """Parse and check a safetensors file's header without reading tensor data.
 
     Returns (metadata, tensor_specs) where tensor_specs maps key -> {"dtype", "shape", "data_offsets"}.
-    Raises ValueError naming the file for truncated, corrupt or non-safetensors files.
+    Raises UserError naming the file for truncated, corrupt or non-safetensors files.
     """
     file = Path(file)
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no such weights file")
+        raise NotFound(f"{file}: no such weights file")
     size = file.stat().st_size
     with open(file, "rb") as f:
         prefix = f.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"{file}: not a safetensors file (only {size} bytes; truncated?)")
+            raise UserError(f"{file}: not a safetensors file (only {size} bytes; truncated?)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > min(_MAX_HEADER_BYTES, size - 8):
-            raise ValueError(
+            raise UserError(
                 f"{file}: not a valid safetensors file (header claims {header_len} bytes, file has {size}; "
                 "truncated or not safetensors)"
             )
@@ -110,7 +111,7 @@ def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
     except (UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"{file}: corrupt safetensors header ({e})") from None
+        raise UserError(f"{file}: corrupt safetensors header ({e})") from None
     metadata = header.pop("__metadata__", None) or {}
     data_end = 0
     for key, spec in header.items():
@@ -118,10 +119,10 @@ def read_header(file: str | os.PathLike) -> tuple[dict, dict]:
             start, end = spec["data_offsets"]
             data_end = max(data_end, int(end))
         except (TypeError, KeyError, ValueError):
-            raise ValueError(f"{file}: corrupt safetensors header (bad entry for {key!r})") from None
+            raise UserError(f"{file}: corrupt safetensors header (bad entry for {key!r})") from None
     expected = 8 + header_len + data_end
     if size < expected:
-        raise ValueError(f"{file}: truncated: {size} bytes, the header says {expected} (download or copy again)")
+        raise UserError(f"{file}: truncated: {size} bytes, the header says {expected} (download or copy again)")
     return metadata, header
 
 
@@ -131,60 +132,60 @@ def read_weights_info(file: str | os.PathLike) -> dict:
     file = weights_file(file)
     metadata, _ = read_header(file)
     if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(
+        raise UserError(
             f"{file}: not a dreamarcade weights file (its metadata has no format={FORMAT_NAME!r}); "
             "DIAMOND checkpoints are .pt files"
         )
     try:
         version = int(metadata.get("format_version", ""))
     except ValueError:
-        raise ValueError(f"{file}: bad format_version {metadata.get('format_version')!r}") from None
+        raise UserError(f"{file}: bad format_version {metadata.get('format_version')!r}") from None
     if version > FORMAT_VERSION:
-        raise ValueError(
+        raise UserError(
             f"{file}: written in weights format version {version}, this dreamarcade reads up to "
             f"{FORMAT_VERSION}; upgrade dreamarcade"
         )
     if version < 1:
-        raise ValueError(f"{file}: bad format_version {version}")
+        raise UserError(f"{file}: bad format_version {version}")
     try:
         agent_config = json.loads(metadata["agent_config"])
         info = json.loads(metadata.get("info", "{}"))
         num_actions = int(metadata["num_actions"])
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{file}: corrupt metadata ({type(e).__name__}: {e})") from None
+        raise UserError(f"{file}: corrupt metadata ({type(e).__name__}: {e})") from None
     dtype = metadata.get("dtype", "float32")
     if dtype not in _DTYPES:
-        raise ValueError(f"{file}: unsupported dtype {dtype!r}")
+        raise UserError(f"{file}: unsupported dtype {dtype!r}")
     return {"file": str(file), "format_version": version, "num_actions": num_actions, "dtype": dtype,
             "agent_config": agent_config, "info": info}
 
 
 def check_state_dict(expected: dict, found: dict, where: str, name=lambda key: key) -> None:
-    """Raise ValueError naming `where` and the first offending keys if `found` does not match
+    """Raise UserError naming `where` and the first offending keys if `found` does not match
     `expected` (key -> tensor) exactly in keys and shapes. `name` maps our key to the file's name."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
     if missing:
-        raise ValueError(f"{where}: missing key{'s' * (len(missing) > 1)} {_list(map(name, missing))}")
+        raise UserError(f"{where}: missing key{'s' * (len(missing) > 1)} {_list(map(name, missing))}")
     if extra:
-        raise ValueError(f"{where}: unexpected key{'s' * (len(extra) > 1)} {_list(map(name, extra))}")
+        raise UserError(f"{where}: unexpected key{'s' * (len(extra) > 1)} {_list(map(name, extra))}")
     for key, ref in expected.items():
         value = found[key]
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"{where}: {name(key)} is a {type(value).__name__}, not a tensor")
+            raise UserError(f"{where}: {name(key)} is a {type(value).__name__}, not a tensor")
         if tuple(value.shape) != tuple(ref.shape):
-            raise ValueError(
+            raise UserError(
                 f"{where}: {name(key)} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}"
             )
         if ref.is_floating_point() and not value.is_floating_point():
-            raise ValueError(f"{where}: {name(key)} has dtype {value.dtype}, expected floating point")
+            raise UserError(f"{where}: {name(key)} has dtype {value.dtype}, expected floating point")
 
 
 def check_finite(state: dict, where: str, name=lambda key: key) -> None:
     for key, value in state.items():
         # the sum is non-finite whenever an element is (exact check only then: it is 5x slower)
         if value.is_floating_point() and not torch.isfinite(value.sum()) and not torch.isfinite(value).all():
-            raise ValueError(f"{where}: {name(key)} contains NaN or infinite values")
+            raise UserError(f"{where}: {name(key)} contains NaN or infinite values")
 
 
 def build_agent(config, state: dict, where: str, name=lambda key: key):
@@ -217,7 +218,7 @@ def _has_meta_tensors(module: torch.nn.Module) -> bool:
 def load_agent_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a dreamarcade weights file or directory into a new model.Agent (float32, eval mode).
 
-    Raises ValueError naming the file for a wrong format/version, bad config, action-count mismatch,
+    Raises UserError naming the file for a wrong format/version, bad config, action-count mismatch,
     missing/extra/misshaped keys, truncated or corrupt data; FileNotFoundError if it does not exist.
     """
     from model import AgentConfig
@@ -227,19 +228,16 @@ def load_agent_file(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         config = AgentConfig.from_dict(meta["agent_config"])
     except Exception as e:  # a hand-edited or foreign config: any failure is the file's fault
-        raise ValueError(f"{file}: invalid agent_config ({type(e).__name__}: {e})") from None
+        raise UserError(f"{file}: invalid agent_config ({type(e).__name__}: {e})") from None
     if config.num_actions != meta["num_actions"]:
-        raise ValueError(
+        raise UserError(
             f"{file}: num_actions {meta['num_actions']} in the metadata but {config.num_actions} in agent_config"
         )
     try:
         state = load_file(str(file), device="cpu")
     except Exception as e:  # safetensors raises its own SafetensorError for corrupt data
-        raise ValueError(f"{file}: corrupt safetensors data ({e})") from None
-    agent = build_agent(config, state, str(file))
-    agent.weights_info = {**meta["info"], "file": str(file), "format": FORMAT_NAME,
-                          "stored_dtype": meta["dtype"]}
-    return agent.to(device).eval()
+        raise UserError(f"{file}: corrupt safetensors data ({e})") from None
+    return build_agent(config, state, str(file)).to(device).eval()
 
 
 def _list(keys, limit: int = 5) -> str:

@@ -25,6 +25,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from weights.errors import NotAllowed, NotFound, Offline
+
 # DIAMOND's released Atari 100k agents. The revision is the repository's commit as recorded by a
 # public provenance audit (last modified 2024-10-21, after the files moved to atari_100k/models/ on
 # 2024-10-10); the Hub could not be reached from here to re-check it.
@@ -119,33 +121,33 @@ def download(repo_id: str, filename: str, revision: str | None = None, token: st
         why_offline = endpoint_reachable()  # a pinned, cached commit needs no network at all
     if why_offline is not None:
         if force:
-            raise ConnectionError(f"{url}: cannot download again: {why_offline}")
+            raise Offline(f"{url}: cannot download again: {why_offline}")
         found = cached_file(repo_id, filename, revision)
         if found is None:
-            raise ConnectionError(f"{url} is not in the Hugging Face cache ({cache}) and the Hub cannot be "
+            raise Offline(f"{url} is not in the Hugging Face cache ({cache}) and the Hub cannot be "
                                   f"reached: {why_offline} (endpoint {endpoint()}); {get_it}")
         return found
     try:
         path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache), endpoint=endpoint(),
                                token=token, etag_timeout=ETAG_TIMEOUT_S, force_download=force)
     except GatedRepoError:
-        raise PermissionError(f"{url}: the repository is gated; accept its terms on the Hub and log in "
+        raise NotAllowed(f"{url}: the repository is gated; accept its terms on the Hub and log in "
                               "(`hf auth login` or HF_TOKEN)") from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{url}: no repository {repo_id} on {endpoint()} (if it is private, log in "
+        raise NotFound(f"{url}: no repository {repo_id} on {endpoint()} (if it is private, log in "
                                 "with `hf auth login`, set HF_TOKEN or pass a token)") from None
     except RevisionNotFoundError:
-        raise FileNotFoundError(f"{url}: repository {repo_id} has no revision {revision!r}") from None
+        raise NotFound(f"{url}: repository {repo_id} has no revision {revision!r}") from None
     except LocalEntryNotFoundError as e:  # (a subclass of EntryNotFoundError: test it first)
-        raise ConnectionError(f"{url} could not be downloaded and is not cached in {cache} "
+        raise Offline(f"{url} could not be downloaded and is not cached in {cache} "
                               f"({_cause(e)}); {get_it}") from None
     except RemoteEntryNotFoundError:
-        raise FileNotFoundError(f"{url}: repository {repo_id} has no file {filename!r}"
+        raise NotFound(f"{url}: repository {repo_id} has no file {filename!r}"
                                 + (f" at revision {revision}" if revision else "")) from None
     except HfHubHTTPError as e:
-        raise ConnectionError(f"{url}: the Hub answered {_status(e)}; try again later") from None
+        raise Offline(f"{url}: the Hub answered {_status(e)}; try again later") from None
     except OSError as e:  # network failures while streaming, disk full...
-        raise ConnectionError(f"{url}: download failed ({e})") from None
+        raise Offline(f"{url}: download failed ({e})") from None
     return Path(path)
 
 

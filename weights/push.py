@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from weights.errors import NotAllowed, NotFound, Offline, UserError
 from weights.format import WEIGHTS_FILENAME, load_agent_file, read_weights_info
 
 _SCORE_FILES = ("eval.json", "scores.json", "eval/eval.json")
@@ -30,7 +31,7 @@ def find_run_weights(run_dir: Path) -> Path:
             return candidate
     if run_dir.is_file() and run_dir.suffix == ".safetensors":
         return run_dir
-    raise FileNotFoundError(f"{run_dir}: no weights/{WEIGHTS_FILENAME} (is this a training run directory?)")
+    raise NotFound(f"{run_dir}: no weights/{WEIGHTS_FILENAME} (is this a training run directory?)")
 
 
 def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None,
@@ -49,9 +50,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
 
     run_dir = Path(run_dir).expanduser()
     if not run_dir.exists():
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
+        raise NotFound(f"{run_dir}: no such run directory")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo id {repo_id!r}: expected OWNER/NAME")
+        raise UserError(f"repo id {repo_id!r}: expected OWNER/NAME")
     weights = find_run_weights(run_dir)
     load_agent_file(weights)  # refuse to publish weights that would not load
     facts = collect_facts(run_dir, weights)
@@ -59,11 +60,11 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
         if given is not None:
             facts[key] = _read_json(Path(given).expanduser())
             if facts[key] is None:
-                raise ValueError(f"{given}: not a readable JSON object (expected `dreamarcade eval --json` output)")
+                raise UserError(f"{given}: not a readable JSON object (expected `dreamarcade eval --json` output)")
     if preview is not None:
         facts["preview"] = Path(preview).expanduser()
         if not facts["preview"].is_file():
-            raise FileNotFoundError(f"{preview}: no such preview GIF")
+            raise NotFound(f"{preview}: no such preview GIF")
     with tempfile.TemporaryDirectory(prefix="dreamarcade-push-") as tmp:
         stage = Path(tmp)
         shutil.copyfile(weights, stage / WEIGHTS_FILENAME)
@@ -83,9 +84,9 @@ def push_run(run_dir: str | os.PathLike, repo_id: str, private: bool = False, to
         except HfHubHTTPError as e:
             status = e.response.status_code if getattr(e, "response", None) is not None else "?"
             if status in (401, 403):
-                raise PermissionError(f"hf://{repo_id}: not allowed to write (HTTP {status}); log in with "
+                raise NotAllowed(f"hf://{repo_id}: not allowed to write (HTTP {status}); log in with "
                                       "`hf auth login`, set HF_TOKEN or pass --token with write access") from None
-            raise ConnectionError(f"hf://{repo_id}: upload failed (HTTP {status}: "
+            raise Offline(f"hf://{repo_id}: upload failed (HTTP {status}: "
                                   f"{str(e).strip().splitlines()[0]})") from None
     return str(getattr(info, "commit_url", info))
 

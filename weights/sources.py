@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from weights.errors import NotFound, UserError
+
 # torch-heavy modules (weights.format, weights.diamond) are imported where used, so that
 # `dreamarcade games` and `describe_source` start without torch.
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
@@ -56,16 +58,16 @@ class HubSource:
 
 
 def parse_hub_source(source: str) -> HubSource:
-    """Parse `hf://OWNER/REPO[/PATH][@REVISION]`; ValueError with the expected form otherwise."""
+    """Parse `hf://OWNER/REPO[/PATH][@REVISION]`; UserError with the expected form otherwise."""
     rest = source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source
     revision = None
     if "@" in rest:
         rest, revision = rest.rsplit("@", 1)
         if not revision:
-            raise ValueError(f"{source!r}: empty revision after '@'")
+            raise UserError(f"{source!r}: empty revision after '@'")
     parts = [p for p in rest.split("/")]
     if len(parts) < 2 or not parts[0] or not parts[1] or any(p in ("", ".", "..") for p in parts[2:]):
-        raise ValueError(f"{source!r}: expected hf://OWNER/REPO[/PATH][@REVISION]")
+        raise UserError(f"{source!r}: expected hf://OWNER/REPO[/PATH][@REVISION]")
     return HubSource(repo_id=f"{parts[0]}/{parts[1]}", path="/".join(parts[2:]) or None, revision=revision)
 
 
@@ -107,45 +109,54 @@ def load_agent(source: str | os.PathLike | None = None, game: str | None = None,
 
     `game` (canonical name, e.g. "Breakout") selects the shipped or DIAMOND weights (default Breakout);
     for other sources it is only recorded when the weights do not name their game.
-    Raises FileNotFoundError (no such file/repository), ValueError (invalid or corrupt weights,
-    naming the file), ConnectionError (offline and not cached: the message says how to get it).
-    The agent's `weights_info` dict says where the weights came from.
+    Raises NotFound (no such file/repository), UserError (invalid or corrupt weights, naming the file),
+    Offline (not cached and no network: the message says how to get it); see `weights.errors`.
+    `agent.weights_info` (declared on model.Agent) says where the weights came from: "source" (as given, or
+    what `None` chose), "file" (the file read), and where known "game", "hub" (the Hub URL), "format",
+    "stored_dtype" and the metadata the weights were saved with.
     """
-    from weights.format import load_agent_file
-
     if source is None:
         game = game or DEFAULT_GAME
         if default_source(game) == "shipped":
-            agent = load_agent_file(shipped_weights(game), device)
+            agent, info = _load_file(shipped_weights(game), device)
         else:
-            agent = _load_diamond_release(game, device)
+            agent, info = _load_diamond_release(game, device)
     elif isinstance(source, str) and (source == "diamond" or source.startswith("diamond@")):
         game = game or DEFAULT_GAME
-        agent = _load_diamond_release(game, device, source.partition("@")[2] or None)
+        agent, info = _load_diamond_release(game, device, source.partition("@")[2] or None)
     elif isinstance(source, str) and source.startswith(HF_PREFIX):
-        agent = _load_hub(parse_hub_source(source), game, device)
+        agent, info = _load_hub(parse_hub_source(source), game, device)
     else:
-        agent = load_local(source, device)
+        agent, info = _load_local(source, device)
     if game is not None:  # otherwise only the weights' own metadata names a game
-        agent.weights_info.setdefault("game", game)
-    agent.weights_info["source"] = str(source) if source is not None else describe_source(None, game)
+        info.setdefault("game", game)
+    info["source"] = str(source) if source is not None else describe_source(None, game)
+    agent.weights_info = info
     return agent
 
 
-def load_local(path: str | os.PathLike, device="cpu"):
-    """A dreamarcade weights directory/file or a DIAMOND .pt checkpoint on disk."""
+def _load_file(file: Path, device) -> tuple:
+    """A dreamarcade weights file -> (agent, info: its metadata, the file, the format, the stored dtype)."""
+    from weights.format import FORMAT_NAME, load_agent_file, read_weights_info
+
+    agent = load_agent_file(file, device)
+    meta = read_weights_info(file)
+    return agent, {**meta["info"], "file": meta["file"], "format": FORMAT_NAME, "stored_dtype": meta["dtype"]}
+
+
+def _load_local(path: str | os.PathLike, device) -> tuple:
+    """A dreamarcade weights directory/file or a DIAMOND .pt checkpoint on disk -> (agent, info)."""
     from weights.diamond import load_diamond_agent
-    from weights.format import load_agent_file
 
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise NotFound(
             f"weights {str(path)!r} not found: give a weights directory, a .safetensors or DIAMOND .pt file, "
             "'diamond', or hf://OWNER/REPO"
         )
     if path.is_file() and (path.suffix in _TORCH_SUFFIXES or _is_zip(path)):
-        return load_diamond_agent(path, device)
-    return load_agent_file(path, device)
+        return load_diamond_agent(path, device), {"source": "diamond", "file": str(path)}
+    return _load_file(path, device)
 
 
 def fetch_diamond(game: str, revision: str | None = None, force: bool = False) -> Path:
@@ -158,20 +169,19 @@ def fetch_diamond(game: str, revision: str | None = None, force: bool = False) -
     file = hub.download(hub.DIAMOND_REPO, filename, revision, force=force)
     converted = hub.converted_path(file)
     if force or not _readable(converted):
-        _load_hub_diamond(hub.DIAMOND_REPO, filename, revision, game, "cpu", hint="", reconvert=True)
+        _convert(hub.hub_url(hub.DIAMOND_REPO, filename, revision), file, converted, game)
     return converted
 
 
-def _load_diamond_release(game: str, device, revision: str | None = None):
+def _load_diamond_release(game: str, device, revision: str | None = None) -> tuple:
     from weights.hub import DIAMOND_REPO, DIAMOND_REVISION, diamond_filename
 
     hint = f"run `dreamarcade download {game}` with network access first"
     return _load_hub_diamond(DIAMOND_REPO, diamond_filename(game), revision or DIAMOND_REVISION, game, device, hint)
 
 
-def _load_hub(source: HubSource, game: str, device):
+def _load_hub(source: HubSource, game: str, device) -> tuple:
     from weights import hub
-    from weights.format import load_agent_file
 
     hint = "connect to the network and run again (the download is then cached), or use a local path"
     if source.is_diamond_checkpoint:
@@ -183,45 +193,50 @@ def _load_hub(source: HubSource, game: str, device):
     except FileNotFoundError as e:
         if source.path is not None or "has no file" not in str(e):
             raise
-        raise FileNotFoundError(f"{e}: not a dreamarcade weights repository; for a DIAMOND checkpoint inside "
-                                f"it, name the file: hf://{source.repo_id}/PATH/GAME.pt") from None
+        raise NotFound(f"{e}: not a dreamarcade weights repository; for a DIAMOND checkpoint inside "
+                       f"it, name the file: hf://{source.repo_id}/PATH/GAME.pt") from None
     try:
-        agent = load_agent_file(file, device)
-    except ValueError as e:
-        raise ValueError(f"{source} (cached at {file}) is not valid dreamarcade weights: {_reason(e, file)}") from None
-    agent.weights_info["hub"] = str(source)
-    return agent
+        agent, info = _load_file(file, device)
+    except UserError as e:
+        raise UserError(f"{source} (cached at {file}) is not valid dreamarcade weights: {_reason(e, file)}") from None
+    return agent, {**info, "hub": str(source)}
 
 
-def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str | None, device, hint: str,
-                      reconvert: bool = False):
-    """Download a DIAMOND .pt from the Hub (cached), convert it once, load the converted copy."""
+def _load_hub_diamond(repo_id: str, filename: str, revision: str | None, game: str | None, device,
+                      hint: str) -> tuple:
+    """Download a DIAMOND .pt from the Hub (cached), convert it once, load the converted copy -> (agent, info)."""
     from weights import hub
-    from weights.diamond import load_diamond_agent
-    from weights.format import load_agent_file, save_agent
 
     url = hub.hub_url(repo_id, filename, revision)
     file = hub.download(repo_id, filename, revision, hint=hint)
     converted = hub.converted_path(file)
-    if converted.is_file() and not reconvert:
+    if converted.is_file():
         try:
-            agent = load_agent_file(converted, device)
-            agent.weights_info["hub"] = url
-            return agent
-        except ValueError as e:  # a damaged converted copy is rebuilt from the checkpoint
+            agent, info = _load_file(converted, device)
+            return agent, {**info, "hub": url}
+        except UserError as e:  # a damaged converted copy is rebuilt from the checkpoint
             hub.log(f"re-converting {url}: the cached conversion is unusable ({e})")
+    agent = _convert(url, file, converted, game)
+    return agent.to(device).eval(), {"source": "diamond", "hub": url, "file": str(file), **({"game": game} if game else {})}
+
+
+def _convert(url: str, file: Path, converted: Path, game: str | None):
+    """Reads and checks the DIAMOND checkpoint `file` (downloaded from `url`) and writes it in dreamarcade's
+    format to `converted` (where the cache is writable) -> the agent read, on the CPU."""
+    from weights import hub
+    from weights.diamond import load_diamond_agent
+    from weights.format import save_agent
+
     try:
         agent = load_diamond_agent(file, "cpu")
-    except ValueError as e:
-        raise ValueError(f"{url} (cached at {file}) is not a valid DIAMOND agent checkpoint: {_reason(e, file)}; "
-                         f"if the download was damaged, delete {os.path.realpath(file)} and download again") from None
+    except UserError as e:
+        raise UserError(f"{url} (cached at {file}) is not a valid DIAMOND agent checkpoint: {_reason(e, file)}; "
+                        f"if the download was damaged, delete {os.path.realpath(file)} and download again") from None
     try:
-        info = {"source": "diamond", "origin": url, **({"game": game} if game else {})}
-        save_agent(agent, converted, metadata=info)
+        save_agent(agent, converted, metadata={"source": "diamond", "origin": url, **({"game": game} if game else {})})
     except OSError as e:  # a read-only cache still plays, it just converts again next time
         hub.log(f"could not cache the converted weights at {converted} ({e})")
-    agent.weights_info = {"source": "diamond", "hub": url, "file": str(file), **({"game": game} if game else {})}
-    return agent.to(device).eval()
+    return agent
 
 
 def _diamond_url(game: str) -> str:
@@ -230,7 +245,7 @@ def _diamond_url(game: str) -> str:
     return hub_url(DIAMOND_REPO, diamond_filename(game), DIAMOND_REVISION)
 
 
-def _reason(error: ValueError, file: Path) -> str:
+def _reason(error: Exception, file: Path) -> str:
     text = str(error)
     prefix = f"{file}: "
     return text[len(prefix):] if text.startswith(prefix) else text

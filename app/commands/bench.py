@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from weights.errors import NotFound, UserError
+
 DESCRIPTION = """\
 Measure the speed figures of DESIGN.md on this machine and compare them with the reference's own code
 (diamond.md section 7: 2-core AMD EPYC CPU): the play step (batch 1: actor + 3 Euler denoising steps +
@@ -61,15 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from model.presets import PRESETS
 
     if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.epoch_updates < 1:
-        raise ValueError(f"--epoch-updates must be at least 1, got {args.epoch_updates}")
+        raise UserError(f"--epoch-updates must be at least 1, got {args.epoch_updates}")
     if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     from app.player.launch import resolve_device
 
     device = resolve_device(args.device)
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         if out.parent and not out.parent.exists():
-            raise FileNotFoundError(f"folder {out.parent} does not exist (for --json {args.json})")
+            raise NotFound(f"folder {out.parent} does not exist (for --json {args.json})")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads or threads)

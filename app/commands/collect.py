@@ -34,14 +34,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 def run(args: argparse.Namespace) -> int:
     from training.games import resolve_game
     from training.scripted import POLICIES
+    from weights.errors import UserError
 
     game = resolve_game(args.game)
     if game not in POLICIES:
-        raise ValueError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
+        raise UserError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
     if args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
-        raise ValueError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
+        raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
     from training.episode_store import EpisodeStore
     from training.scripted import collect_scripted
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from weights.errors import UserError
+
 DESCRIPTION = """\
 Download DIAMOND's released world model and agent for one or more games (Hub repository
 eloialonso/diamond, atari_100k/models/GAME.pt, at a pinned revision) into the Hugging Face cache,
@@ -27,15 +29,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.games import GAME_NAMES, resolve_game
+    from training.games import GAME_NAMES, get_game
     from weights import hub
     from weights.sources import fetch_diamond
 
     if args.all and args.games:
-        raise ValueError("give game names or --all, not both")
+        raise UserError("give game names or --all, not both")
     if not args.all and not args.games:
-        raise ValueError("name a game (e.g. `dreamarcade download Breakout`) or use --all")
-    games = list(GAME_NAMES) if args.all else [resolve_game(g) for g in args.games]
+        raise UserError("name a game (e.g. `dreamarcade download Breakout`) or use --all")
+    games = list(GAME_NAMES) if args.all else [get_game(g).name for g in args.games]
     revision = args.revision or hub.DIAMOND_REVISION
     for game in games:
         url = hub.hub_url(hub.DIAMOND_REPO, hub.diamond_filename(game), revision)

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from weights.errors import UserError
+
 DESCRIPTION = """\
 Score an agent on the real game (default), aggregate per-seed results across games (--aggregate),
 or measure how closely the world model follows the real emulator (--fidelity).
@@ -67,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.aggregate:
         return _run_aggregate(args)
     if not args.game:
-        raise ValueError("--game is required (or use --aggregate RESULTS.json)")
+        raise UserError("--game is required (or use --aggregate RESULTS.json)")
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -113,7 +115,7 @@ def _run_aggregate(args: argparse.Namespace) -> int:
     from training.aggregate import BootstrapConfig, aggregate, load_results, merge_results, plot_aggregates
 
     if args.reps < 1:
-        raise ValueError("--reps must be at least 1")
+        raise UserError("--reps must be at least 1")
     cfg = BootstrapConfig(reps=args.reps, seed=args.seed)
     summary = aggregate(merge_results([load_results(source) for source in args.aggregate]), cfg)
     label = _label(args.aggregate[0]) + (f" (+{len(args.aggregate) - 1} files)" if len(args.aggregate) > 1 else "")
@@ -149,7 +151,7 @@ def _run_episodes(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_weights
 
     if args.episodes < 1 or args.num_envs < 1:
-        raise ValueError("--episodes and --num-envs must be at least 1")
+        raise UserError("--episodes and --num-envs must be at least 1")
     result = evaluate_weights(args.weights, args.game, episodes=args.episodes, seed=args.seed,
                               num_envs=args.num_envs, device=args.device,
                               max_episode_steps=args.max_steps, progress=True)
@@ -172,7 +174,7 @@ def _run_fidelity(args: argparse.Namespace) -> int:
     from training.fidelity import FidelityConfig, measure_fidelity_of_weights
 
     if args.horizon < 1 or args.contexts < 1:
-        raise ValueError("--horizon and --contexts must be at least 1")
+        raise UserError("--horizon and --contexts must be at least 1")
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
                          denoising_steps=args.denoising_steps, policy=args.policy,
                          precision=args.precision)
@@ -202,13 +204,13 @@ def _run_board(args: argparse.Namespace) -> dict:
     """The long-dream board check (training.long_dream) -> its JSON-safe results; prints a table, writes board.png."""
     import imageio.v3 as iio
 
-    from training.evaluate import game_name
+    from training.games import resolve_game
     from training.long_dream import BoardConfig, board_strip, measure_board
     from weights import load_agent
 
     if args.board_dreams < 1:
-        raise ValueError("--board-dreams must be at least 1")
-    game = game_name(args.game)
+        raise UserError("--board-dreams must be at least 1")
+    game = resolve_game(args.game)
     agent = load_agent(args.weights, game=game, device=args.device)
     cfg = BoardConfig(steps=args.board_steps, dreams=args.board_dreams, seed=args.seed, precision=args.precision,
                       denoising_steps=args.denoising_steps)

@@ -5,6 +5,8 @@ import argparse
 import os
 from pathlib import Path
 
+from weights.errors import UserError
+
 DESCRIPTION = """\
 Play an Atari game inside the learned world model (imagine), in the real emulator (real), or both
 side by side with the same actions (compare). You or the agent play; switch at any moment.
@@ -67,22 +69,22 @@ def _panel_size(size: int | None, default: int) -> int:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.fps <= 0:
-        raise ValueError(f"--fps must be positive, not {args.fps:g}")
+        raise UserError(f"--fps must be positive, not {args.fps:g}")
     if args.denoising_steps is not None and args.denoising_steps < 1:
-        raise ValueError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
+        raise UserError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
     if args.horizon < 0:
-        raise ValueError(f"--horizon must be 0 (never) or positive, not {args.horizon}")
+        raise UserError(f"--horizon must be 0 (never) or positive, not {args.horizon}")
     if args.size is not None and not 64 <= args.size <= 4096:
-        raise ValueError(f"--size must be between 64 and 4096 pixels, not {args.size}")
+        raise UserError(f"--size must be between 64 and 4096 pixels, not {args.size}")
     if args.record is not None and args.record.suffix.lower() != ".mp4":
-        raise ValueError(f"--record must name an .mp4 file, not {str(args.record)!r}")
+        raise UserError(f"--record must name an .mp4 file, not {str(args.record)!r}")
     if args.headless:
         if args.steps is None or args.steps < 1:
-            raise ValueError("--headless needs --steps N (N >= 1)")
+            raise UserError("--headless needs --steps N (N >= 1)")
         if args.controller == "human":
-            raise ValueError("--headless has no keyboard: use --controller agent or random")
+            raise UserError("--headless has no keyboard: use --controller agent or random")
     elif args.steps is not None:
-        raise ValueError("--steps is for --headless; in a window, play until Esc")
+        raise UserError("--steps is for --headless; in a window, play until Esc")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
         meanings = None
         if args.game:  # action names instead of numbers
-            from app.player.launch import resolve_game
+            from training.games import resolve_game
             from app.player.sources import make_real_env
 
             env = make_real_env(resolve_game(args.game))

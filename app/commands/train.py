@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from weights.errors import UserError
+
 DESCRIPTION = """\
 Train a diffusion world model (denoiser + reward/end model) and an actor-critic in imagination, as DIAMOND.
 A run directory holds config.json, metrics.jsonl, tensorboard/, plots/*.png, checkpoint.pt, weights/ (load
@@ -54,17 +56,17 @@ def run(args) -> int:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError("--threads must be at least 1")
+            raise UserError("--threads must be at least 1")
         import torch
 
         torch.set_num_threads(args.threads)
     if args.resume:
         if not args.run_dir:
-            raise ValueError("--resume needs --run-dir DIR (the run to continue)")
+            raise UserError("--resume needs --run-dir DIR (the run to continue)")
         cfg = None
     else:
         if not args.game:
-            raise ValueError("--game is required (e.g. --game Breakout; `dreamarcade games` lists them)")
+            raise UserError("--game is required (e.g. --game Breakout; `dreamarcade games` lists them)")
         preset = args.preset or ("catch" if args.game.lower() == "catch" else "atari100k")
         cfg = get_preset(preset)
         cfg = dataclasses.replace(cfg, game=_game_name(args.game, args.dataset), seed=args.seed)
@@ -82,15 +84,12 @@ def run(args) -> int:
 
 
 def _game_name(name: str, dataset: str | None) -> str:
-    """Canonical name: an Atari 100k game, "Catch", or (static-dataset mode only) any name the user likes."""
+    """Canonical name (`training.games.resolve_game`), or in static-dataset mode any name the user likes."""
     from training.games import resolve_game
-    from training.toy_env import toy_env_id
 
-    if toy_env_id(name):
-        return "Catch"
     try:
         return resolve_game(name)
-    except ValueError:
+    except UserError:
         if dataset:
             return name
         raise

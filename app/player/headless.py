@@ -15,6 +15,7 @@ from app.player.hud import Hud, Status
 from app.player.keymap import Keymap
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array
 from app.player.session import Session
+from weights.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,9 @@ class HeadlessResult:
 
 def run_headless(session: Session, steps: int, record: Path | None = None, fps: float = 15.0,
                  size: int = 256, episodes_dir: Path | None = None, log=print) -> HeadlessResult:
-    """Plays `steps` agent steps as fast as possible. Raises ValueError on a bad step count."""
+    """Plays `steps` agent steps as fast as possible. Raises UserError on a bad step count."""
     if steps < 1:
-        raise ValueError(f"--steps must be at least 1, not {steps}")
+        raise UserError(f"--steps must be at least 1, not {steps}")
     video = VideoRecorder(record, fps) if record is not None else None
     episodes = EpisodeRecorder(episodes_dir) if episodes_dir is not None else None
     hud = surface = None

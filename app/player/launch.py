@@ -1,6 +1,6 @@
 """Everything `play` checks and loads before a window opens: game, weights, action count, device.
 
-Errors here are one-line ValueErrors (the CLI prints them), so a wrong game or wrong weights are
+Errors here are one-line UserErrors (the CLI prints them), so a wrong game or wrong weights are
 reported before any window appears.
 """
 from __future__ import annotations
@@ -11,46 +11,37 @@ import torch
 
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
+from training.games import resolve_game
+from weights.errors import UserError
 
 DEFAULT_GAME = "Breakout"
-
-
-def resolve_game(name: str) -> str:
-    """Canonical game name ('breakout' -> 'Breakout', 'catch' -> 'Catch', the toy game of the tests and
-    quick training runs); ValueError naming close matches otherwise."""
-    from training.games import resolve_game as resolve
-    from training.toy_env import toy_env_id
-
-    if toy_env_id(name):
-        return name.strip().capitalize()
-    return resolve(name)
 
 
 def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu")
+        raise UserError(f"--device {device}: this torch has no CUDA device; use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
     return dev
 
 
 def load_weights(weights: str | None, game: str | None, device: torch.device):
     """-> (agent, game): loads with `weights.load_agent`, and takes the game from the weights when none is given.
-    Raises ValueError when the weights were trained on another game than the one asked for."""
+    Raises UserError when the weights were trained on another game than the one asked for."""
     from weights import load_agent
 
     agent = load_agent(weights, game, device)
-    trained_on = (getattr(agent, "weights_info", None) or {}).get("game")
+    trained_on = agent.weights_info.get("game")
     if trained_on:
         trained_on = resolve_game(trained_on)
         if game is None:
             game = trained_on
         elif trained_on != game:
-            raise ValueError(
+            raise UserError(
                 f"the weights {weights or ''} were trained on {trained_on}, not {game}: "
                 f"use --game {trained_on}, or weights for {game}".replace("weights  were", "weights were")
             )
@@ -60,7 +51,7 @@ def load_weights(weights: str | None, game: str | None, device: torch.device):
 
 def check_actions(agent, real: RealSource, weights: str | None) -> None:
     if agent.num_actions != real.num_actions:
-        raise ValueError(
+        raise UserError(
             f"the weights {weights or ''} have {agent.num_actions} actions but {real.game} has "
             f"{real.num_actions} ({', '.join(real.meanings)}): they were trained on another game; "
             "pass --game with that game".replace("weights  have", "weights have")
@@ -91,7 +82,7 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
                 raise
             print(f"note: no weights ({e}); playing the real game without the agent", file=sys.stderr)
     game = game or DEFAULT_GAME
-    real = RealSource(game, seed=seed)
+    real = RealSource(game, seed=seed, context=agent.denoiser.cfg.num_steps_conditioning if agent is not None else 1)
     try:
         dream = policy = None
         if agent is not None:

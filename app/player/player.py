@@ -21,6 +21,7 @@ from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array, timestamp
 from app.player.session import CONTROLLERS, MODES, Session, Snapshot
 from app.player.worker import SessionWorker
+from weights.errors import UserError
 
 HORIZONS = (5, 10, 15, 25, 50, 100, 200, 500, 0)  # 0: unlimited, after the largest
 MESSAGE_SECONDS = 2.5
@@ -47,26 +48,26 @@ def _init_display() -> None:
     try:
         pygame.display.init()
     except pygame.error as e:
-        raise ValueError(NO_DISPLAY.format(why=e)) from None
+        raise UserError(NO_DISPLAY.format(why=e)) from None
     driver = pygame.display.get_driver()
     if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER") != driver:
         pygame.display.quit()  # SDL fell back to an invisible window: nobody would see it
-        raise ValueError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
+        raise UserError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
 
 
 def check_display() -> None:
-    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
+    """Raises UserError with a --headless hint when no window can be shown (checked before loading weights)."""
     _init_display()
     pygame.display.quit()
 
 
 def open_display(size: tuple[int, int]) -> pygame.Surface:
-    """Opens the window; raises ValueError with a --headless hint when there is no display."""
+    """Opens the window; raises UserError with a --headless hint when there is no display."""
     _init_display()
     try:
         return pygame.display.set_mode(size)
     except pygame.error as e:
-        raise ValueError(NO_DISPLAY.format(why=e)) from None
+        raise UserError(NO_DISPLAY.format(why=e)) from None
 
 
 @dataclass

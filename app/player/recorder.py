@@ -12,6 +12,7 @@ import numpy as np
 import pygame
 
 from app.player.session import Snapshot, Transition
+from weights.errors import UserError
 
 
 def timestamp() -> str:
@@ -44,7 +45,7 @@ class VideoRecorder:
 
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
-            raise ValueError(f"the recording must be an .mp4 file, not {self.path.name!r}")
+            raise UserError(f"the recording must be an .mp4 file, not {self.path.name!r}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # macro_block_size=2: yuv420p only needs even sizes; frames are padded to even below.
         # A fragmented mp4 with a keyframe every 2 s: a recording cut by a crash or kill -9 still plays up to its

@@ -15,6 +15,7 @@ import pygame
 
 from app.player.hud import ACCENT, BG, DIM, FG, FOOTER_H, HEADER_H
 from app.player.player import open_display
+from weights.errors import NotFound, UserError
 
 KEYS_HELP = "Left/Right step  PgUp/PgDn 10  Home/End  Up/Down episode  Space play  Esc quit"
 HOLD_REPEAT_S = 0.06
@@ -37,7 +38,7 @@ class Replay:
 
         self.store = EpisodeStore(self.path, static=True)
         if len(self.store) == 0:
-            raise ValueError(f"no episodes in {self.path} (an episode store folder of .npz files)")
+            raise UserError(f"no episodes in {self.path} (an episode store folder of .npz files)")
 
     @property
     def current(self):
@@ -109,7 +110,7 @@ def run_replay(path: str | Path, size: int = 512, meanings: tuple[str, ...] | No
     """Opens the browser window on an episode store folder (searched recursively)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"--replay {path}: no such folder")
+        raise NotFound(f"--replay {path}: no such folder")
     replay = Replay(path, size=size, meanings=meanings)
     screen = open_display((max(size, 640), HEADER_H + size + FOOTER_H))
     pygame.display.set_caption(f"dreamarcade replay: {path}")

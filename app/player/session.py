@@ -10,13 +10,15 @@ real frames), and the policy's LSTM state is burned in on the context whenever t
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from app.player.sources import DreamSource, Policy, PolicyOutput, RealSource
+from training.fidelity import psnr
+from weights.errors import UserError
 
 MODES = ("imagine", "real", "compare")
 CONTROLLERS = ("human", "agent", "random")
@@ -64,12 +66,6 @@ class Snapshot:
     restarted: frozenset[str] = frozenset()  # sources whose frames jumped (reset or re-sync): episodes cut here
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB between two uint8 frames (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 @dataclass
 class Session:
     """The game state machine. `dream` and `policy` are None when no weights are loaded (real mode only)."""
@@ -97,13 +93,13 @@ class Session:
     # ---- controls -------------------------------------------------------------------------
     def _check(self, mode: str, controller: str) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+            raise UserError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if controller not in CONTROLLERS:
-            raise ValueError(f"unknown controller {controller!r}: choose one of {', '.join(CONTROLLERS)}")
+            raise UserError(f"unknown controller {controller!r}: choose one of {', '.join(CONTROLLERS)}")
         if mode != "real" and self.dream is None:
-            raise ValueError(f"{mode} mode needs world-model weights; only real mode works without them")
+            raise UserError(f"{mode} mode needs world-model weights; only real mode works without them")
         if controller == "agent" and self.policy is None:
-            raise ValueError("the agent controller needs weights")
+            raise UserError("the agent controller needs weights")
 
     @property
     def meanings(self) -> tuple[str, ...]:
@@ -208,8 +204,8 @@ class Session:
                     message = "the model ended the episode" if dream_end else f"horizon of {self.horizon} steps reached"
             else:
                 steps.append(Transition("imagine", before, act, dream_rew, dream_end, at_horizon, dream_obs))
-                self._last["psnr_db"] = psnr(dream_obs, self.real.obs)
-                self._psnrs.append(min(self._last["psnr_db"], 99.0))  # identical frames count as 99 dB
+                self._last["psnr_db"] = float(psnr(torch.from_numpy(dream_obs), torch.from_numpy(self.real.obs)))
+                self._psnrs.append(self._last["psnr_db"])  # identical frames count as MAX_PSNR (60 dB)
                 if at_horizon and not ended:
                     self._sync()
                     message, restarted = "horizon reached: model re-synced", frozenset({"imagine"})

@@ -13,17 +13,15 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
-
-CONTEXT = 4  # frames of context the denoiser conditions on (DIAMOND's num_steps_conditioning)
+from weights.errors import UserError
 
 
 def make_real_env(game: str, seed: int | None = None):
     """The real test env (full games) of the Atari 100k protocol, 64x64x3 uint8 observations
     (or the toy game Catch, same format)."""
     from training.atari_env import make_env
-    from training.toy_env import toy_env_id
 
-    return make_env(toy_env_id(game) or game, train=False, seed=seed)
+    return make_env(game, train=False, seed=seed)
 
 
 def original_frame(env, info: dict) -> np.ndarray | None:
@@ -38,15 +36,16 @@ def original_frame(env, info: dict) -> np.ndarray | None:
 
 
 class RealSource:
-    """The real ALE emulator, remembering the last CONTEXT frames and actions to seed the world model."""
+    """The real ALE emulator, remembering the last `context` frames and actions to seed the world model
+    (`context`: the denoiser's `num_steps_conditioning`; 1 when there is no world model to seed)."""
 
-    def __init__(self, game: str, seed: int | None = None):
-        self.game = game
+    def __init__(self, game: str, seed: int | None = None, context: int = 1):
+        self.game, self.context_length = game, context
         self.env = make_real_env(game, seed)
         self.meanings: tuple[str, ...] = tuple(self.env.unwrapped.get_action_meanings())
         self.obs: np.ndarray | None = None
         self.original: np.ndarray | None = None
-        self.history: deque[tuple[np.ndarray, int]] = deque(maxlen=CONTEXT)
+        self.history: deque[tuple[np.ndarray, int]] = deque(maxlen=context)
         self.done = False
 
     @property
@@ -54,7 +53,7 @@ class RealSource:
         return len(self.meanings)
 
     def reset(self) -> np.ndarray:
-        """Starts a new game; then plays NOOPs until CONTEXT frames exist, so the model can start at once."""
+        """Starts a new game (the world model's context is filled with NOOPs when it is asked for)."""
         obs, info = self.env.reset()  # the env applies its seed to the first game only
         self.history.clear()
         self.obs, self.original, self.done = np.asarray(obs), original_frame(self.env, info), False
@@ -69,14 +68,15 @@ class RealSource:
         return self.obs, float(rew), bool(terminated), bool(truncated)
 
     def context(self) -> tuple[np.ndarray, np.ndarray]:
-        """The last CONTEXT frames (CONTEXT, H, W, 3) uint8, the latest being the current frame, and the
-        actions taken after each (CONTEXT,); the last action is a placeholder the model's step overwrites.
+        """The last `context` frames (context, H, W, 3) uint8, the latest being the current frame, and the
+        actions taken after each (context,); the last action is a placeholder the model's step overwrites.
         At the start of a game NOOPs are played (not counted as steps) until there are enough frames."""
-        while len(self.history) < CONTEXT - 1:
+        n = self.context_length
+        while len(self.history) < n - 1:
             if self.done:
                 self.reset()
             self.step(0)
-        past = list(self.history)[-(CONTEXT - 1):]
+        past = list(self.history)[len(self.history) - (n - 1):]
         obs = np.stack([o for o, _ in past] + [self.obs])
         act = np.array([a for _, a in past] + [0], dtype=np.int64)
         return obs, act
@@ -128,12 +128,12 @@ class DreamSource:
     @denoising_steps.setter
     def denoising_steps(self, n: int) -> None:
         if n < 1:
-            raise ValueError(f"the number of denoising steps must be at least 1, not {n}")
+            raise UserError(f"the number of denoising steps must be at least 1, not {n}")
         self.wm.denoising_steps = int(n)
 
     @torch.inference_mode()
     def reset(self, obs_ctx: np.ndarray, act_ctx: np.ndarray) -> np.ndarray:
-        """Seeds the model with real context: obs_ctx (CONTEXT, H, W, 3) uint8, act_ctx (CONTEXT,)."""
+        """Seeds the model with real context: obs_ctx (n, H, W, 3) uint8, act_ctx (n,), n = num_steps_conditioning."""
         obs = frames_to_tensor(obs_ctx, self.device).unsqueeze(0)
         act = torch.as_tensor(act_ctx, dtype=torch.long, device=self.device).unsqueeze(0)
         self.wm.reset(obs, act)
