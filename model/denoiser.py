@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.batch import Batch
-from model.blocks import FourierFeatures, GroupNorm, conv3x3
+from model.blocks import FourierFeatures, GroupNorm, ScaleShift, conv3x3
 from model.pixels import quantize
 from model.unet import UNet
 
@@ -69,8 +69,16 @@ class InnerModel(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
 
     def forward(self, noisy_next_obs: Tensor, c_noise: Tensor, obs: Tensor, act: Tensor) -> Tensor:
-        cond = self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
         x = self.conv_in(torch.cat((obs, noisy_next_obs), dim=1))  # conditioning frames first
+        return self.trunk(x, self.condition(c_noise, act))
+
+    def condition(self, c_noise: Tensor, act: Tensor) -> Tensor:
+        """c_noise (B,), act (B, 4) -> the condition of every AdaGroupNorm (B, cond_channels)."""
+        return self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
+
+    def trunk(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
+        """Everything after conv_in: x (B, channels[0], H, W), cond (B, cond_channels) or its precomputed
+        `ScaleShift` -> (B, 3, H, W)."""
         x = self.unet(x, cond)
         return self.conv_out(F.silu(self.norm_out(x)))
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model import Agent, karras_sigmas, sample_next_obs
-from model.fast import FastActorCritic, FastDenoiser, FastRewEnd, default_precision
+from model.fast import FastActorCritic, FastDenoiser, FastRewEnd
 from model.presets import tiny
 from model.world_model_env import WorldModelEnv
 
@@ -99,6 +99,3 @@ def test_fast_rew_end_matches_over_a_sequence(agent):
     assert f_h.shape == h.shape and f_h.dtype == torch.float32
     assert torch.allclose(f_rew, rew, atol=0.05) and torch.allclose(f_end, end, atol=0.05)
 
-
-def test_default_precision_is_a_known_one():
-    assert default_precision("cpu") in ("float32", "bfloat16")

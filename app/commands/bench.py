@@ -37,9 +37,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help=f"measure only these: {', '.join(PARTS)} (default: all)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
-    p.add_argument("--train-precision", choices=("float32", "bfloat16"), default="float32",
-                   help="precision of the training measurements (default float32, what training uses; bfloat16: "
-                        "autocast and the fast world model, ~2x on CPUs with native bf16)")
+    # precision policies (model.precision: auto, auto-gpu, float32, bfloat16); unset: training's
+    p.add_argument("--train-precision", metavar="POLICY", default=argparse.SUPPRESS,
+                   help="precision of the denoiser and reward/end updates: float32 (default, what training uses), "
+                        "bfloat16 (autocast, ~2x on CPUs with native bf16), auto (bfloat16 where native)")
+    p.add_argument("--imagination-precision", metavar="POLICY", default=argparse.SUPPRESS,
+                   help="precision of imagination's world model: auto-gpu (default, what training uses: the bfloat16 "
+                        "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--device", default="cpu",
@@ -65,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     from app.player.launch import resolve_device
 
     device = resolve_device(args.device)
+    from model.precision import resolve
+
+    policies = {k: getattr(args, k) for k in ("train_precision", "imagination_precision") if k in args}
+    for policy in policies.values():
+        resolve(policy, device)  # an unknown name: one clear line before any measurement
     if args.json:
         out = Path(args.json)
         if out.parent and not out.parent.exists():
@@ -73,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
-                           game=args.game, batch_size=args.batch_size,
-                           train_precision=args.train_precision, device=device,
+                           game=args.game, batch_size=args.batch_size, device=device,
+                           **policies,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)

@@ -72,16 +72,16 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
-    precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
+    precision: a policy of `model.precision`: "auto" (bfloat16 where the device runs it natively), "float32" or
+    "bfloat16", for the world model and the agent.
     Without weights (none given and none found offline), real mode with a human or random player still
     works: the agent controller and the dream are then unavailable.
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
-    if precision == "auto":
-        from model.fast import default_precision
+    from model.precision import resolve
 
-        precision = default_precision(dev)
+    resolve(precision, dev)  # an unknown policy fails before the weights load
     if agent is None:
         try:
             agent, game = load_weights(weights, game, dev)
