@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
-from model.precision import resolve
+from model.precision import EVALUATION, resolve
 from training.evaluate import game_name, make_game_env
 
 CONTEXT = 4  # frames of context the denoiser is conditioned on
@@ -29,7 +29,7 @@ class FidelityConfig:
     contexts: int = 8  # real trajectories (= imagined envs, run as one batch)
     seed: int = 0
     denoising_steps: int | None = None  # None: the sampler's default (3 Euler steps, as the reference)
-    precision: str = "float32"  # a policy of model.precision ("bfloat16": the fast path, to measure what it costs)
+    precision: str = EVALUATION  # a policy of model.precision ("bfloat16": the fast path, to measure what it costs)
     policy: str = "agent"  # who picks the actions on the real frames: "agent" (sampled) or "random"
     max_warmup: int = 60  # steps played before the context, drawn in [0, max_warmup], for varied starts
     strip_columns: int = 10

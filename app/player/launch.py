@@ -11,6 +11,7 @@ import torch
 
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
+from model.precision import PLAY, resolve
 
 DEFAULT_GAME = "Breakout"
 
@@ -68,7 +69,7 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
                   controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
-                  horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
+                  horizon: int = 0, precision: str = PLAY, seed: int | None = None, agent=None,
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
@@ -79,8 +80,6 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
-    from model.precision import resolve
-
     resolve(precision, dev)  # an unknown policy fails before the weights load
     if agent is None:
         try:
