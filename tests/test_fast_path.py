@@ -99,3 +99,18 @@ def test_fast_rew_end_matches_over_a_sequence(agent):
     assert f_h.shape == h.shape and f_h.dtype == torch.float32
     assert torch.allclose(f_rew, rew, atol=0.05) and torch.allclose(f_end, end, atol=0.05)
 
+
+
+def test_a_frame_context_refuses_other_frames(agent):
+    """A context holds one frame's conditioning: asked to denoise for other obs or actions it says so, instead of
+    silently returning the frame of the ones it was made with."""
+    obs, act = contexts(1)
+    ctx = FastDenoiser(agent.denoiser, torch.float32).context(obs, act, SIGMAS)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    assert ctx.denoise(x, SIGMAS[0], obs, act).shape == x.shape
+    other_obs, other_act = contexts(1, seed=1)
+    for o, a in ((other_obs, act), (obs, other_act)):
+        with pytest.raises(ValueError, match="made for other obs and act"):
+            ctx.denoise(x, SIGMAS[0], o, a)
+    with pytest.raises(ValueError, match="not in this context's schedule"):
+        ctx.denoise(x, 0.7, obs, act)
