@@ -80,7 +80,7 @@ class InnerModel(nn.Module):
         """Everything after conv_in: x (B, channels[0], H, W), cond (B, cond_channels) or its precomputed
         `ScaleShift` -> (B, 3, H, W)."""
         x = self.unet(x, cond)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))  # as ResBlock
 
 
 class Denoiser(nn.Module):
