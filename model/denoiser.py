@@ -124,7 +124,8 @@ class Denoiser(nn.Module):
         noisy_next_obs (B, 3, H, W); sigma (B,) or a scalar; obs (B, 4, 3, H, W) in [-1, 1]; act (B, 4) long
         -> (B, 3, H, W) in [-1, 1], quantised to 8 bits.
         """
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=noisy_next_obs.device)
+        # the sampler's sigmas live on the host: copied without waiting for the device
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).to(noisy_next_obs.device, non_blocking=True)
         if sigma.ndim == 0:
             sigma = sigma.expand(noisy_next_obs.shape[0])
         cs = self.conditioners(sigma)
