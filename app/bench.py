@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 
 from model import Agent, Batch
-from model.fast import FastActorCritic, default_precision
-from model.precision import PRECISIONS, resolve
+from model.fast import FastActorCritic
+from model.precision import IMAGINATION, PLAY, PRECISIONS, TRAINING, bf16_native, resolve
 from model.presets import PRESETS
 from model.world_model_env import WorldModelEnv
 from weights.errors import UserError
@@ -87,11 +87,11 @@ def contexts(n: int, img_size: int, num_actions: int, generator: torch.Generator
 @torch.inference_mode()
 def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
                  repeats: int = 1) -> tuple[float, float]:
-    """One step of `play` at batch 1: actor-critic, 3 Euler denoising steps, reward/end.
-    -> median ms (wall clock, CPU time)."""
+    """One step of `play` at batch 1 under a precision policy (`model.precision`): actor-critic, 3 Euler
+    denoising steps, reward/end. -> median ms (wall clock, CPU time)."""
     g = torch.Generator(agent.device).manual_seed(0)
     env = WorldModelEnv(agent, generator=g, precision=precision)
-    actor = agent.actor_critic if precision == "float32" else FastActorCritic(agent.actor_critic, torch.bfloat16)
+    actor = agent.actor_critic if env.precision == "float32" else FastActorCritic(agent.actor_critic, torch.bfloat16)
     env.reset(*contexts(1, agent.config.img_size, agent.num_actions, g))
     state = [None]
 
@@ -104,7 +104,7 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
 
 
 def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1,
-                                 precision: str | None = None) -> tuple[float, float]:
+                                 precision: str = TRAINING) -> tuple[float, float]:
     """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does.
     -> (samples per wall-clock second, per CPU second); the same form for the other training figures."""
     from training.optim import ModelOptimizer, OptimConfig
@@ -118,7 +118,7 @@ def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: in
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
-                                  warmup: int = 1, precision: str | None = None) -> tuple[float, float]:
+                                  warmup: int = 1, precision: str = TRAINING) -> tuple[float, float]:
     """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
     from training.optim import ModelOptimizer, OptimConfig
     from training.updates import rew_end_update
@@ -130,7 +130,7 @@ def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
-                                  warmup: int = 1, precision: str | None = None) -> tuple[float, float]:
+                                  warmup: int = 1, precision: str = IMAGINATION) -> tuple[float, float]:
     """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
     each, reward/end sampled), backward through the actor-critic, one optimizer step."""
     from training.imagination import Imagination, actor_critic_update
@@ -185,7 +185,7 @@ def machine(device: torch.device | str = "cpu") -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_native": default_precision("cpu") == "bfloat16",
+        "bf16_native": bf16_native("cpu"),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -198,17 +198,20 @@ def machine(device: torch.device | str = "cpu") -> dict:
 
 def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | None = None,
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
-              game: str = "Breakout", batch_size: int = 32, train_precision: str = "float32",
-              device: str = "cpu", epoch_updates: int = 400, log: Callable[[str], None] = lambda s: None) -> dict:
+              game: str = "Breakout", batch_size: int = 32, train_precision: str = TRAINING,
+              imagination_precision: str = IMAGINATION, device: str = "cpu", epoch_updates: int = 400,
+              log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
-    measurements (32, the reference's; smaller only for smoke tests). train_precision: of the training
-    measurements (float32, what training uses by default; bfloat16 the opt-in autocast). "epoch" in include:
-    one real training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
+    measurements (32, the reference's; smaller only for smoke tests). train_precision, imagination_precision:
+    policies (`model.precision`) of the denoiser and reward/end updates and of imagination's world model; the
+    defaults are training's. The report holds what they resolve to on device. "epoch" in include: one real
+    training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset, device=device)
     report = machine(device)
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
-                  train_precision=resolve(train_precision, device))
+                  train_precision=resolve(train_precision, device),
+                  imagination_precision=resolve(imagination_precision, device))
 
     cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
@@ -217,19 +220,14 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             log(f"play step, {precision} ...")
             wall, c = play_step_ms(agent, precision, steps=10 if quick else 30, warmup=3 if quick else 5, repeats=r)
             play[precision], play_cpu[precision] = round(wall, 2), round(c, 2)
-        play["default"] = play_cpu["default"] = default_precision(device)
+        play["default"] = play_cpu["default"] = resolve(PLAY, device)
         report["play_step_ms"], cpu["play_step_ms"] = play, play_cpu
-    from training.imagination import imagination_precision
-
-    # imagination's world model as training runs it (float32 on a CPU, the bfloat16 fast path on a GPU), or bfloat16
-    report["imagination_precision"] = (imagination_precision(device) if train_precision == "float32"
-                                       else resolve(train_precision, device))
     for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
                           ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
         if part in include:
             log(f"{key} ...")
-            precision = report["imagination_precision"] if part == "imagination" else train_precision
+            precision = report["imagination_precision"] if part == "imagination" else report["train_precision"]
             wall, c = fn(agent, batch_size, repeats=r, precision=precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
     if "collect" in include:

@@ -6,6 +6,7 @@ its checkpoints load 1:1. All tensors are (B, C, H, W) unless said otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,22 @@ class GroupNorm(nn.Module):
         return self.norm(x)
 
 
+@dataclass(frozen=True, eq=False)
+class ScaleShift:
+    """Precomputed conditioning, given to the conditioned blocks in place of the condition vector: every
+    AdaGroupNorm's `1 + scale` and `shift` for a batch of B conditions, side by side in `values` (B, S), layer
+    `norm`'s at `offsets[norm]`. The fast path (`model.fast`) computes them for all layers in one matmul, once
+    for all the denoising steps of a frame."""
+
+    values: Tensor
+    offsets: dict[nn.Module, int]
+
+    def of(self, norm: "AdaGroupNorm") -> tuple[Tensor, Tensor]:
+        """-> (1 + scale, shift) of layer norm, each (B, C)."""
+        off, c = self.offsets[norm], norm.channels
+        return self.values[:, off : off + c], self.values[:, off + c : off + 2 * c]
+
+
 class AdaGroupNorm(nn.Module):
     """GroupNorm without affine, then `x * (1 + scale) + shift` with [scale | shift] = Linear(cond)."""
 
@@ -46,11 +63,18 @@ class AdaGroupNorm(nn.Module):
         super().__init__()
         self.channels = channels
         self.groups = num_groups(channels)
+        self.eps = GN_EPS
         self.linear = nn.Linear(cond_channels, 2 * channels)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x (B, C, H, W), cond (B, cond_channels) -> (B, C, H, W)."""
-        x = F.group_norm(x, self.groups, eps=GN_EPS)
+    def forward(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
+        """x (B, C, H, W), cond (B, cond_channels) or this layer's precomputed `ScaleShift` -> (B, C, H, W)."""
+        if isinstance(cond, ScaleShift):
+            scale, shift = cond.of(self)
+            if x.shape[0] == 1:  # a per-sample affine is a per-channel one: let group_norm apply it
+                return F.group_norm(x, self.groups, scale[0], shift[0], self.eps)
+            x = F.group_norm(x, self.groups, eps=self.eps)
+            return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
+        x = F.group_norm(x, self.groups, eps=self.eps)
         scale, shift = self.linear(cond)[:, :, None, None].chunk(2, dim=1)
         return x * (1 + scale) + shift
 
@@ -146,11 +170,12 @@ class ResBlock(nn.Module):
         self.attn = SelfAttention2d(out_channels) if attn else nn.Identity()
         nn.init.zeros_(self.conv2.weight)  # the block starts as its skip path
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
+        inplace = not torch.is_grad_enabled()  # without autograd, reuse buffers: the same values, less memory traffic
         r = self.proj(x)
-        x = self.conv1(F.silu(self.norm1(x, cond)))
-        x = self.conv2(F.silu(self.norm2(x, cond)))
-        return self.attn(x + r)
+        x = self.conv1(F.silu(self.norm1(x, cond), inplace=inplace))
+        x = self.conv2(F.silu(self.norm2(x, cond), inplace=inplace))
+        return self.attn(x.add_(r) if inplace else x + r)
 
 
 class ResBlocks(nn.Module):
@@ -164,7 +189,8 @@ class ResBlocks(nn.Module):
             [ResBlock(i, o, cond_channels, attn) for i, o in zip(in_channels, out_channels)]
         )
 
-    def forward(self, x: Tensor, cond: Tensor, to_cat: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, x: Tensor, cond: Tensor | ScaleShift,
+                to_cat: list[Tensor] | None = None) -> tuple[Tensor, list[Tensor]]:
         """-> (last output, every block's output)."""
         outputs = []
         for i, block in enumerate(self.resblocks):

@@ -3,9 +3,10 @@ denoising steps on the fast path, then the reward/end logits and LSTM state) is 
 launching them from Python, not their arithmetic, sets the speed. Captured once, the step is replayed with one
 launch.
 
-Same networks and numbers as `model.fast`; used by `WorldModelEnv` on CUDA for the bfloat16 path with the Euler
-sampler and no churn (the reference's settings). A graph is captured per (batch size, schedule) and captured
-again when the weights change (an optimizer step between imagination phases).
+Same networks, sampler and numbers as the fast path (`fast_step`: `model.fast` and `model.sampler`'s one Euler
+loop); used by `WorldModelEnv` on CUDA for the bfloat16 path with the Euler sampler and no churn (the reference's
+settings). A graph is captured per (batch size, schedule) and captured again when the weights change (an
+optimizer step between imagination phases).
 """
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ import torch
 from torch import Tensor
 
 from model.fast import FastAgent
+from model.sampler import sample_next_obs
 
 
-def euler(ctx, x: Tensor, levels: tuple[float, ...]) -> Tensor:
-    """`model.sampler.sample_next_obs` with order 1 and no churn, on python-float sigmas (no host syncs)."""
-    for i, sigma in enumerate(levels):
-        next_sigma = levels[i + 1] if i + 1 < len(levels) else 0.0
-        denoised = ctx.denoise(x, sigma)
-        x = x + (x - denoised) / sigma * (next_sigma - sigma)
-    return x
+@torch.no_grad()
+def fast_step(fast: FastAgent, sigmas: Tensor, obs: Tensor, act: Tensor, noise: Tensor,
+              state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One world-model step of B games on the fast path, what `GraphedStep` captures: the next frame
+    (`sample_next_obs`, Euler, from noise) and the reward/end logits and LSTM state after it.
+
+    sigmas: the schedule, on the CPU (`karras_sigmas`); obs (B, n, 3, H, W), act (B, n), noise (B, 3, H, W),
+    state ((1, B, D), (1, B, D)) -> next_obs (B, 3, H, W), rew_logits (B, 3), end_logits (B, 2), h, c."""
+    ctx = fast.denoiser.context(obs, act, sigmas)
+    next_obs = sample_next_obs(ctx, obs, act, sigmas, noise=noise).float()
+    rew_logits, end_logits, (h, c) = fast.rew_end(obs[:, -1:], act[:, -1:], next_obs.unsqueeze(1), state)
+    return next_obs, rew_logits[:, 0].float(), end_logits[:, 0].float(), h.float(), c.float()
 
 
 class GraphedStep:
@@ -35,7 +42,6 @@ class GraphedStep:
                  state: tuple[Tensor, Tensor]) -> None:
         self.fast = fast
         self.sigmas = sigmas.detach().cpu()
-        self.levels = tuple(float(s) for s in self.sigmas.tolist() if s > 0)
         self.inputs = [t.clone() for t in (obs, act, noise, *state)]
         self.key = self._weights_key()
         side = torch.cuda.Stream(obs.device)
@@ -48,18 +54,12 @@ class GraphedStep:
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # the player draws on another thread
             self.outputs = self._run()
 
-    @torch.no_grad()
     def _run(self):
         obs, act, noise, h, c = self.inputs
-        ctx = self.fast.denoiser.context(obs, act, self.sigmas)
-        next_obs = euler(ctx, noise, self.levels).float()
-        rew_logits, end_logits, (h, c) = self.fast.rew_end(obs[:, -1:], act[:, -1:], next_obs.unsqueeze(1), (h, c))
-        return next_obs, rew_logits[:, 0].float(), end_logits[:, 0].float(), h.float(), c.float()
+        return fast_step(self.fast, self.sigmas, obs, act, noise, (h, c))
 
     def _weights_key(self) -> tuple:
-        self.fast.denoiser._sync()
-        self.fast.rew_end._sync()
-        return self.fast.denoiser._key, self.fast.rew_end._key
+        return self.fast.denoiser.sync(), self.fast.rew_end.sync()
 
     def valid_for(self, batch_size: int) -> bool:
         """True if a replay computes the current weights' step at this batch size (the owner drops the graph

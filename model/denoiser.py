@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.batch import Batch
-from model.blocks import FourierFeatures, GroupNorm, conv3x3
+from model.blocks import FourierFeatures, GroupNorm, ScaleShift, conv3x3
 from model.pixels import quantize
 from model.unet import UNet
 
@@ -69,10 +69,18 @@ class InnerModel(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
 
     def forward(self, noisy_next_obs: Tensor, c_noise: Tensor, obs: Tensor, act: Tensor) -> Tensor:
-        cond = self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
         x = self.conv_in(torch.cat((obs, noisy_next_obs), dim=1))  # conditioning frames first
+        return self.trunk(x, self.condition(c_noise, act))
+
+    def condition(self, c_noise: Tensor, act: Tensor) -> Tensor:
+        """c_noise (B,), act (B, 4) -> the condition of every AdaGroupNorm (B, cond_channels)."""
+        return self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
+
+    def trunk(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
+        """Everything after conv_in: x (B, channels[0], H, W), cond (B, cond_channels) or its precomputed
+        `ScaleShift` -> (B, 3, H, W)."""
         x = self.unet(x, cond)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled()))  # as ResBlock
 
 
 class Denoiser(nn.Module):
@@ -116,7 +124,8 @@ class Denoiser(nn.Module):
         noisy_next_obs (B, 3, H, W); sigma (B,) or a scalar; obs (B, 4, 3, H, W) in [-1, 1]; act (B, 4) long
         -> (B, 3, H, W) in [-1, 1], quantised to 8 bits.
         """
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=noisy_next_obs.device)
+        # the sampler's sigmas live on the host: copied without waiting for the device
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).to(noisy_next_obs.device, non_blocking=True)
         if sigma.ndim == 0:
             sigma = sigma.expand(noisy_next_obs.shape[0])
         cs = self.conditioners(sigma)

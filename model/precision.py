@@ -1,8 +1,17 @@
-"""Mixed precision for training: bfloat16 autocast where the hardware runs it natively.
+"""Which precision each computation runs in: the named policies, resolved in one place (`resolve`).
 
-Measured on the reference-size model (random weights, synthetic batch): the denoiser and reward/end losses
-under autocast differ from float32 by ~3e-5 relative, and a training step is 1.9x (denoiser) and 2.2-2.7x
-(reward/end) faster on an AVX512-BF16 CPU. Where bfloat16 is not native, float32 is used (autocast would be slower).
+A policy is what a caller asks for; `resolve(policy, device)` turns it into a precision, "float32" or "bfloat16":
+- "float32": the reference's numbers (and the exact module path of the world model);
+- "bfloat16": the fast path (`model.fast`) for inference, bfloat16 autocast for training, on any device (emulated,
+  and slower, where the hardware lacks bfloat16);
+- "auto": "bfloat16" where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else
+  "float32": `play`'s default;
+- "auto-gpu": "auto" on a GPU, "float32" on a CPU: training's imagination (each imagined step one CUDA graph on a
+  GPU; on a CPU float32, what the Catch learning run was tuned with).
+
+Measured for training on the reference-size model (random weights, synthetic batch): the denoiser and reward/end
+losses under autocast differ from float32 by ~3e-5 relative, and a training step is 1.9x (denoiser) and 2.2-2.7x
+(reward/end) faster on an AVX512-BF16 CPU.
 """
 from __future__ import annotations
 
@@ -10,18 +19,40 @@ import contextlib
 
 import torch
 
-from model.fast import default_precision
-
 PRECISIONS = ("float32", "bfloat16")
+POLICIES = ("auto", "auto-gpu", *PRECISIONS)
+
+# the default policy of each use
+PLAY = "auto"  # `play`'s world model and agent
+TRAINING = "float32"  # the denoiser and reward/end updates (bfloat16 autocast was slower on an H100)
+IMAGINATION = "auto-gpu"  # training's imagined games (the world model; the actor-critic trains in float32)
+EVALUATION = "float32"  # `eval --fidelity`: the reference's numbers
 
 
-def resolve(precision: str | None, device: torch.device | str) -> str:
-    """None -> the device's default (`model.fast.default_precision`); else checked."""
-    if precision is None:
-        return default_precision(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
+def bf16_native(device: torch.device | str) -> bool:
+    """True where bfloat16 matmuls/convs run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def resolve(policy: str, device: torch.device | str) -> str:
+    """The precision ("float32" or "bfloat16") that policy (one of POLICIES) gives on device.
+
+    Raises ValueError for anything else."""
+    device = torch.device(device)
+    if policy == "auto-gpu":
+        policy = "auto" if device.type == "cuda" else "float32"
+    if policy == "auto":
+        return "bfloat16" if bf16_native(device) else "float32"
+    if policy not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(POLICIES)}, got {policy!r}")
+    return policy
 
 
 def channels_last_(module: torch.nn.Module) -> torch.nn.Module:
@@ -32,9 +63,9 @@ def channels_last_(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def autocast(device: torch.device | str, precision: str | None = None):
-    """Context for a training forward + loss: bfloat16 autocast, or nothing for float32."""
+def autocast(device: torch.device | str, policy: str):
+    """Context for a training forward + loss under policy: bfloat16 autocast, or nothing for float32."""
     device = torch.device(device)
-    if resolve(precision, device) == "float32":
+    if resolve(policy, device) == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.batch import Batch
-from model.blocks import Downsample, ResBlocks, conv3x3, init_lstm
+from model.blocks import Downsample, ResBlocks, ScaleShift, conv3x3, init_lstm
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each (1, B, lstm_dim) as nn.LSTM
 
@@ -29,7 +29,8 @@ class RewEndConfig:
 
 
 class RewEndEncoder(nn.Module):
-    """(B, 2*3, H, W) frame pair, cond (B, cond_channels) -> (B, channels[-1], H / 2^(L-1), W / 2^(L-1))."""
+    """(B, 2*3, H, W) frame pair, cond (B, cond_channels) or its `ScaleShift`
+    -> (B, channels[-1], H / 2^(L-1), W / 2^(L-1))."""
 
     def __init__(self, cfg: RewEndConfig) -> None:
         super().__init__()
@@ -43,7 +44,7 @@ class RewEndEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.downsamples = nn.ModuleList([nn.Identity()] + [Downsample(c) for c in ch[:-1]] + [nn.Identity()])
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
         x = self.conv_in(x)
         for block, down in zip(self.blocks, self.downsamples):
             x, _ = block(down(x), cond)
@@ -71,11 +72,20 @@ class RewEndModel(nn.Module):
         """obs, next_obs (B, T, 3, H, W) in [-1, 1]; act (B, T) long; state (h, c) each (1, B, lstm_dim) or None
         (zeros) -> (rew_logits (B, T, 3) for rewards {-1, 0, 1}, end_logits (B, T, 2), state)."""
         b, t = act.shape
+        x, state = self.lstm(self.encode(obs, next_obs, self.act_emb(act.reshape(b * t))), state)
+        return (*self.heads(x), state)
+
+    def encode(self, obs: Tensor, next_obs: Tensor, cond: Tensor | ScaleShift) -> Tensor:
+        """obs, next_obs (B, T, 3, H, W), cond (B * T, cond_channels) or its precomputed `ScaleShift`
+        -> the transitions' features (B, T, D), the LSTM's input."""
+        b, t = obs.shape[:2]
         x = torch.cat((obs.flatten(0, 1), next_obs.flatten(0, 1)), dim=1)
-        x = self.encoder(x, self.act_emb(act.reshape(b * t)))
-        x, state = self.lstm(x.reshape(b, t, -1), state)
+        return self.encoder(x, cond).reshape(b, t, -1)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """LSTM outputs (B, T, lstm_dim) -> (rew_logits (B, T, 3), end_logits (B, T, 2))."""
         logits = self.head(x)
-        return logits[..., :3], logits[..., 3:], state
+        return logits[..., :3], logits[..., 3:]
 
     def loss(self, batch: Batch) -> Tensor:
         """Cross-entropy of reward sign and end over the real transitions of batch (T = 19 for Atari gives 18).

@@ -51,6 +51,10 @@ def sample_next_obs(
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Generate the next frame with the reference's k-diffusion-style sampler.
 
+    The one sampler of every path: the eager networks (`model.Denoiser`), the fast path (a
+    `model.fast.DenoiserContext`) and the CUDA graph of a world-model step (`model.cuda_graphs`), which
+    captures this loop.
+
     denoiser: anything with `denoise(x (B, 3, H, W), sigma (B,), obs, act) -> (B, 3, H, W)`.
     obs (B, T, 3, H, W) in [-1, 1]; act (B, T) long; sigmas (N + 1,) ending with 0 (`karras_sigmas`).
     noise (B, 3, H, W): the starting point, else drawn from `generator`. As the reference, the start is unit
@@ -63,7 +67,9 @@ def sample_next_obs(
     if noise is None:
         noise = torch.randn(b, c, h, w, device=obs.device, generator=generator)
     x = noise.to(device=obs.device, dtype=torch.float32)
-    sigmas = sigmas.to(device=obs.device, dtype=torch.float32)
+    # the noise levels stay on the host, whatever the device: reading one never waits for the device, and a
+    # CUDA graph captures the loop with them as constants
+    sigmas = sigmas.to(device="cpu", dtype=torch.float32)
     gamma_max = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1)
     trajectory = [x]
     for i in range(len(sigmas) - 1):

@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.blocks import Downsample, ResBlocks, Upsample
+from model.blocks import Downsample, ResBlocks, ScaleShift, Upsample
 
 
 class UNet(nn.Module):
     """U-Net over len(channels) levels, each halving the resolution, with 2 attention blocks in the middle.
 
-    forward: x (B, channels[0], H, W), cond (B, cond_channels) -> (B, channels[0], H, W), any H and W: the
-    input is zero-padded right/bottom to a multiple of 2^(levels - 1) and the output cropped back.
+    forward: x (B, channels[0], H, W), cond (B, cond_channels) or its precomputed `ScaleShift`
+    -> (B, channels[0], H, W), any H and W: the input is zero-padded right/bottom to a multiple of
+    2^(levels - 1) and the output cropped back.
     """
 
     def __init__(self, cond_channels: int, depths: list[int], channels: list[int], attn_depths: list[bool]) -> None:
@@ -32,7 +33,7 @@ class UNet(nn.Module):
         self.downsamples = nn.ModuleList([nn.Identity()] + [Downsample(c) for c in channels[:-1]])
         self.upsamples = nn.ModuleList([nn.Identity()] + [Upsample(c) for c in reversed(channels[:-1])])
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
         h, w = x.shape[-2:]
         m = 2**self.num_down
         pad_h, pad_w = -h % m, -w % m

@@ -15,7 +15,7 @@ from torch import Tensor
 from model.categorical import sample_probs
 from model.cuda_graphs import GraphedStep
 from model.fast import FastAgent
-from model.precision import PRECISIONS
+from model.precision import resolve
 from model.sampler import SamplerConfig, karras_sigmas, sample_next_obs
 
 
@@ -27,8 +27,10 @@ class WorldModelEnv:
 
     agent: a `model.Agent` (its `denoiser` and `rew_end` are used). sampler: the diffusion sampler's settings.
     generator: a torch.Generator on the agent's device for all randomness (start noise, churn, rew/end sampling).
-    precision: "float32" (the reference's numbers) or "bfloat16" (`model.fast`: channels-last bfloat16 weights and
-    no repeated work across denoising steps; faster where the hardware has bfloat16, see `model.fast.default_precision`).
+    precision: a policy of `model.precision` ("float32", "bfloat16", "auto", "auto-gpu"), resolved on the agent's
+    device: "float32" runs the modules as they are (the reference's numbers), "bfloat16" the fast path
+    (`model.fast`: channels-last bfloat16 weights and no repeated work across denoising steps). `.precision` is
+    the resolved one.
     cuda_graphs: on a CUDA device with precision "bfloat16" and the Euler sampler without churn, replay each step
     as one CUDA graph (`model.cuda_graphs`); ignored elsewhere.
     """
@@ -60,7 +62,8 @@ class WorldModelEnv:
 
     @sampler.setter
     def sampler(self, cfg: SamplerConfig) -> None:
-        self._sigmas = karras_sigmas(cfg.num_steps_denoising, cfg.sigma_min, cfg.sigma_max, cfg.rho, self.device)
+        # on the CPU, as the sampler keeps them (see `sample_next_obs`)
+        self._sigmas = karras_sigmas(cfg.num_steps_denoising, cfg.sigma_min, cfg.sigma_max, cfg.rho)
         self._sampler = cfg
         self._graph = None
 
@@ -77,11 +80,9 @@ class WorldModelEnv:
         return self._precision
 
     @precision.setter
-    def precision(self, value: str) -> None:
-        if value not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
-        self._precision = value
-        self._fast = None if value == "float32" else FastAgent(self.agent, torch.bfloat16)
+    def precision(self, policy: str) -> None:
+        self._precision = resolve(policy, self.device)
+        self._fast = None if self._precision == "float32" else FastAgent(self.agent, torch.bfloat16)
         self._graph = None
 
     @property

@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from model import Agent, karras_sigmas, sample_next_obs
-from model.cuda_graphs import euler
-from model.fast import FastDenoiser
+from model import Agent, sample_next_obs
+from model.cuda_graphs import fast_step
 from model.presets import tiny
 from model.world_model_env import WorldModelEnv
 
@@ -36,15 +35,21 @@ def psnr(a, b):
     return math.inf if mse == 0 else 10 * math.log10(4 / mse)
 
 
-def test_graph_sampler_is_the_euler_sampler():
+def test_the_captured_step_is_the_fast_paths_step():
+    """What the graph captures (`fast_step`) computes the fast path's step: the same frame, logits and state as
+    WorldModelEnv's bfloat16 step on the same buffers and noise (on any device; here without a graph)."""
     agent = make_agent()
-    sigmas = karras_sigmas(3, 2e-3, 5.0, 7.0)
-    obs, act = contexts(2)
+    env = WorldModelEnv(agent, generator=torch.Generator().manual_seed(0), precision="bfloat16")
+    env.reset(*contexts(2))
+    env.act_buffer[:, -1] = torch.tensor([1, 3])
+    obs, act, state = env.obs_buffer.clone(), env.act_buffer.clone(), tuple(s.clone() for s in env.rew_end_state)
     noise = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    ctx = FastDenoiser(agent.denoiser).context(obs, act, sigmas)
-    expected = sample_next_obs(ctx, obs, act, sigmas, noise=noise)
-    levels = tuple(float(s) for s in sigmas if s > 0)
-    assert psnr(euler(ctx, noise, levels), expected) > 60
+    next_obs, rew_logits, end_logits, h, c = fast_step(env._fast, env._sigmas, obs, act, noise, state)
+    frame, _, _, info = env.step(torch.tensor([1, 3]), noise=noise)
+    assert torch.equal(next_obs, frame) and not torch.equal(frame, noise.clamp(-1, 1))
+    assert torch.equal(rew_logits, info["rew_logits"]) and torch.equal(end_logits, info["end_logits"])
+    assert torch.equal(h, env.rew_end_state[0]) and torch.equal(c, env.rew_end_state[1])
+    assert psnr(next_obs, sample_next_obs(agent.denoiser, obs, act, env._sigmas, noise=noise)) > 40  # float32's
 
 
 @cuda

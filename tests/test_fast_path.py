@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model import Agent, karras_sigmas, sample_next_obs
-from model.fast import FastActorCritic, FastDenoiser, FastRewEnd, default_precision
+from model.fast import FastActorCritic, FastDenoiser, FastRewEnd
 from model.presets import tiny
 from model.world_model_env import WorldModelEnv
 
@@ -101,11 +101,17 @@ def test_fast_rew_end_matches_over_a_sequence(agent):
     assert torch.allclose(f_rew, rew, atol=0.05) and torch.allclose(f_end, end, atol=0.05)
 
 
-def test_default_precision_follows_the_cpus_bfloat16_support():
-    """bfloat16 by default exactly where the CPU runs it natively (AVX512-BF16 or AMX, as Linux reports them)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        pytest.skip("needs Linux's /proc/cpuinfo to read the CPU's flags")
-    flags = set(cpuinfo.read_text().split())
-    native = bool(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-    assert default_precision("cpu") == ("bfloat16" if native else "float32")
+
+def test_a_frame_context_refuses_other_frames(agent):
+    """A context holds one frame's conditioning: asked to denoise for other obs or actions it says so, instead of
+    silently returning the frame of the ones it was made with."""
+    obs, act = contexts(1)
+    ctx = FastDenoiser(agent.denoiser, torch.float32).context(obs, act, SIGMAS)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    assert ctx.denoise(x, SIGMAS[0], obs, act).shape == x.shape
+    other_obs, other_act = contexts(1, seed=1)
+    for o, a in ((other_obs, act), (obs, other_act)):
+        with pytest.raises(ValueError, match="made for other obs and act"):
+            ctx.denoise(x, SIGMAS[0], o, a)
+    with pytest.raises(ValueError, match="not in this context's schedule"):
+        ctx.denoise(x, 0.7, obs, act)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_float, to_uint8
+from model.precision import EVALUATION, resolve
 from training.atari_env import make_env
 from training.games import resolve_game
 from weights.errors import UserError
@@ -29,7 +30,7 @@ class FidelityConfig:
     contexts: int = 8  # real trajectories (= imagined envs, run as one batch)
     seed: int = 0
     denoising_steps: int | None = None  # None: the sampler's default (3 Euler steps, as the reference)
-    precision: str = "float32"  # or "bfloat16": the world-model env's fast path, to measure what it costs
+    precision: str = EVALUATION  # a policy of model.precision ("bfloat16": the fast path, to measure what it costs)
     policy: str = "agent"  # who picks the actions on the real frames: "agent" (sampled) or "random"
     max_warmup: int = 60  # steps played before the context, drawn in [0, max_warmup], for varied starts
     strip_columns: int = 10
@@ -255,7 +256,7 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
     real = record_real(agent, game, cfg)
     fake = imagine(agent, real, cfg)
     result = {"game": game, **asdict(cfg), **compare(real, fake)}
-    if cfg.precision != "float32":  # a faster path must keep the frames: compare it with the float32 path too
+    if resolve(cfg.precision, _device(agent)) != "float32":  # a faster path must keep the frames: compare it too
         exact = imagine(agent, real, replace(cfg, precision="float32"))
         versus = compare(Rollouts(exact.obs, exact.act, exact.rew, exact.end, real.valid, real.pad), fake)
         result["vs_float32"] = {k: versus[k] for k in ("psnr", "ssim", "mean_psnr", "mean_ssim")}

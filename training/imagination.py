@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from model.categorical import sample_logits
-from model.precision import resolve
+from model.precision import IMAGINATION
 from model.returns import ActorCriticLossConfig, actor_critic_loss
 from model.sampler import SamplerConfig
 from model.world_model_env import WorldModelEnv
@@ -26,14 +26,7 @@ from training.context_pool import ContextPool, ContextSampler
 from training.optim import ModelOptimizer
 from training.presets import ImaginationConfig
 
-__all__ = ["ContextSampler", "Imagination", "ImaginedStep", "actor_critic_update", "imagination_precision"]
-
-
-def imagination_precision(device: torch.device | str) -> str:
-    """The world model's precision when training imagines: on a GPU the bfloat16 fast path (each step one CUDA
-    graph, `model.cuda_graphs`), where the GPU has bfloat16; on a CPU float32, what the Catch learning test was
-    tuned with (bfloat16 there is opt-in)."""
-    return resolve(None, device) if torch.device(device).type == "cuda" else "float32"
+__all__ = ["ContextSampler", "Imagination", "ImaginedStep", "actor_critic_update"]
 
 
 class ImaginedStep(NamedTuple):
@@ -57,10 +50,10 @@ class Imagination:
 
     def __init__(self, agent, sample_context: ContextSampler, num_envs: int, horizon: int,
                  denoising_steps: int = 3, generator: torch.Generator | None = None,
-                 precision: str | None = None) -> None:
+                 precision: str = IMAGINATION) -> None:
         self.num_envs, self.horizon = num_envs, horizon
-        # precision "bfloat16": the fast world model (model.fast, ~2x); None: training's (`imagination_precision`)
-        precision = imagination_precision(agent.device) if precision is None else resolve(precision, agent.device)
+        # a policy of model.precision; training's ("auto-gpu"): the fast world model, each step one CUDA graph, on a
+        # GPU with bfloat16; float32 on a CPU (what the Catch learning run was tuned with)
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
                                 precision=precision)
         # refilled every `horizon` steps, which take at most B contexts each (plus B for a reset)

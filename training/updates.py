@@ -11,15 +11,16 @@ from __future__ import annotations
 import torch
 
 from model.batch import Batch
-from model.precision import autocast, channels_last_
+from model.precision import TRAINING, autocast, channels_last_
 from training.optim import ModelOptimizer
 
 
 def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
-                    precision: str | None = "float32") -> dict:
+                    precision: str = TRAINING) -> dict:
     """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
-    precision: "float32" (default), "bfloat16" (autocast, ~2x faster on bf16 CPUs) or None (bf16 where native).
-    float32 stays the default: the Catch learning test was tuned with it, and on an H100 autocast was slower."""
+    precision: a policy of `model.precision`: "float32" (training's), "bfloat16" (autocast, ~2x faster on bf16
+    CPUs) or "auto" (bfloat16 where native). float32 stays training's: the Catch learning test was tuned with it,
+    and on an H100 autocast was slower."""
     channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
@@ -27,8 +28,9 @@ def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: t
     return {"loss_denoising": loss.detach(), "grad_norm": grad_norm, "lr": optimizer.lr}
 
 
-def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str | None = "float32") -> dict:
-    """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...}."""
+def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str = TRAINING) -> dict:
+    """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...};
+    precision as `denoiser_update`'s."""
     channels_last_(agent.rew_end).train()
     with autocast(agent.device, precision):
         loss_rew, loss_end = agent.rew_end.loss_terms(batch)

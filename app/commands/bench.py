@@ -45,9 +45,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="updates per model in the timed epoch (default 400, atari100k's; fewer are scaled to 400)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
-    p.add_argument("--train-precision", choices=("float32", "bfloat16"), default="float32",
-                   help="precision of the training measurements (default float32, what training uses; bfloat16: "
-                        "autocast and the fast world model, ~2x on CPUs with native bf16)")
+    # precision policies (model.precision: auto, auto-gpu, float32, bfloat16); unset: training's
+    p.add_argument("--train-precision", metavar="POLICY", default=argparse.SUPPRESS,
+                   help="precision of the denoiser and reward/end updates: float32 (default, what training uses), "
+                        "bfloat16 (autocast, ~2x on CPUs with native bf16), auto (bfloat16 where native)")
+    p.add_argument("--imagination-precision", metavar="POLICY", default=argparse.SUPPRESS,
+                   help="precision of imagination's world model: auto-gpu (default, what training uses: the bfloat16 "
+                        "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--device", default="cpu",
@@ -76,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     parts = args.only or [p for p in PARTS if p != "epoch" or torch.device(device).type == "cuda"]
+    from model.precision import resolve
+
+    policies = {k: getattr(args, k) for k in ("train_precision", "imagination_precision") if k in args}
+    for policy in policies.values():
+        try:
+            resolve(policy, device)  # an unknown name: one clear line before any measurement
+        except ValueError as e:  # model/ raises plain errors (it imports nothing of the project)
+            raise UserError(str(e)) from None
     if args.json:
         out = Path(args.json)
         if out.parent and not out.parent.exists():
@@ -84,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(parts),
-                           game=args.game, batch_size=args.batch_size,
-                           train_precision=args.train_precision, device=device, epoch_updates=args.epoch_updates,
+                           game=args.game, batch_size=args.batch_size, device=device,
+                           epoch_updates=args.epoch_updates, **policies,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)

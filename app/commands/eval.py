@@ -52,8 +52,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--horizon", type=int, default=50, help="with --fidelity: imagined steps (default 50)")
     p.add_argument("--contexts", type=int, default=8, help="with --fidelity: rollouts compared (default 8)")
     p.add_argument("--denoising-steps", type=int, default=None, help="with --fidelity: sampler steps (default: model's)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="with --fidelity: world-model precision (default float32, the reference's numbers)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="with --fidelity: world-model precision policy (default float32, the reference's numbers; "
+                        "auto: bfloat16 where the device runs it natively)")
     p.add_argument("--policy", choices=("agent", "random"), default="agent",
                    help="with --fidelity: who picks the action sequence (default agent)")
     p.add_argument("--out", metavar="DIR", default="fidelity", help="with --fidelity: output folder (default fidelity/)")

@@ -11,6 +11,7 @@ import torch
 
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
+from model.precision import PLAY, resolve
 from training.games import resolve_game
 from weights.errors import UserError
 
@@ -60,20 +61,18 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
                   controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
-                  horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
+                  horizon: int = 0, precision: str = PLAY, seed: int | None = None, agent=None,
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
-    precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
+    precision: a policy of `model.precision`: "auto" (bfloat16 where the device runs it natively), "float32" or
+    "bfloat16", for the world model and the agent.
     Without weights (none given and none found offline), real mode with a human or random player still
     works: the agent controller and the dream are then unavailable.
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
-    if precision == "auto":
-        from model.fast import default_precision
-
-        precision = default_precision(dev)
+    resolve(precision, dev)  # an unknown policy fails before the weights load
     if agent is None:
         try:
             agent, game = load_weights(weights, game, dev)

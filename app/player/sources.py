@@ -165,7 +165,10 @@ class Policy:
     """The agent's actor-critic, its LSTM state carried across steps (reset with `reset`)."""
 
     def __init__(self, agent, generator: torch.Generator | None = None, precision: str = "float32"):
-        if precision == "bfloat16":  # the same network, channels-last bfloat16 (model.fast)
+        """precision: a policy of `model.precision`, resolved on the agent's device."""
+        from model.precision import resolve
+
+        if resolve(precision, agent.device) == "bfloat16":  # the same network, channels-last bfloat16 (model.fast)
             from model.fast import FastActorCritic
 
             self.actor_critic = FastActorCritic(agent.actor_critic, torch.bfloat16)
