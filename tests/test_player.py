@@ -312,12 +312,18 @@ def test_bad_arguments_give_one_line(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_no_display_suggests_headless(weights_file, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+@pytest.mark.parametrize("display", [None, ":77"])  # unset, or naming an X server that is not there
+def test_no_display_suggests_headless(weights_file, tmp_path, display):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER", "XDG_RUNTIME_DIR")}
+    if display:
+        env["DISPLAY"] = display
     proc = subprocess.run([sys.executable, "-m", "app", "play", "--game", GAME, "--weights", str(weights_file)],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert "--headless" in proc.stderr and "Traceback" not in proc.stderr
+    # our one line only: not SDL's "XDG_RUNTIME_DIR is invalid or not set" before it
+    assert proc.stderr.startswith("dreamarcade play: error: no display") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--headless" in proc.stderr
 
 
 def test_replay_browses_recorded_episodes(weights_file, tmp_path):

@@ -7,7 +7,10 @@ rate reached is on screen).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,9 +46,37 @@ class WindowOptions:
     end_pause_s: float = 0.75  # the last frame of an episode stays this long before the next game starts
 
 
-def _init_display() -> None:
+@contextlib.contextmanager
+def _without_sdl_noise():
+    """Drops the line SDL's Wayland probe writes straight to file descriptor 2 when XDG_RUNTIME_DIR is unset
+    ("error: XDG_RUNTIME_DIR is invalid or not set"): it would come before, and contradict, our own message.
+    Anything else written meanwhile is passed on."""
     try:
-        pygame.display.init()
+        saved = os.dup(2)
+    except OSError:  # no usable stderr descriptor (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().splitlines(keepends=True) if b"XDG_RUNTIME_DIR" not in line]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def _init_display() -> None:
+    if (sys.platform.startswith("linux") and not os.environ.get("SDL_VIDEODRIVER")
+            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
+        raise ValueError(NO_DISPLAY.format(why="neither DISPLAY nor WAYLAND_DISPLAY is set"))
+    try:
+        with _without_sdl_noise():
+            pygame.display.init()
     except pygame.error as e:
         raise ValueError(NO_DISPLAY.format(why=e)) from None
     driver = pygame.display.get_driver()
