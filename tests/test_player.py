@@ -285,6 +285,19 @@ def test_headless_random_real_mode(weights_file, capsys):
     assert rc == 0 and "PSNR" in capsys.readouterr().out
 
 
+def test_real_mode_headless_without_weights_plays_random(tmp_path):
+    """Pong ships no weights and, offline with an empty cache, DIAMOND's cannot be fetched: the real game is
+    still played (by the random controller), and asking for the agent says how to play without one."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "app", "play", "--game", "Pong", "--mode", "real", "--headless", "--steps", "5"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pong (real, random): 5 steps" in proc.stdout and "the random controller plays" in proc.stderr
+    proc = subprocess.run(argv + ["--controller", "agent"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.rstrip().endswith("--controller random"), proc.stderr
+
+
 def test_weights_for_another_game_are_refused_before_any_window(tmp_path, capsys):
     from weights import save_agent
 

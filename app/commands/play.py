@@ -31,7 +31,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--mode", choices=("imagine", "real", "compare"), default="imagine",
                    help="imagine: inside the world model (default); real: the emulator; compare: both side by side")
     p.add_argument("--controller", choices=("human", "agent", "random"), default=None,
-                   help="who plays (default: human in a window, agent with --headless)")
+                   help="who plays (default: human in a window; with --headless the agent, or random in real "
+                        "mode for a game without weights)")
     p.add_argument("--denoising-steps", type=int, default=None, metavar="N",
                    help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the model's, 3)")
     p.add_argument("--horizon", type=int, default=0, metavar="N",
@@ -101,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
             env.close()
         run_replay(args.replay, size=_panel_size(args.size, 512), meanings=meanings, fps=args.fps)
         return 0
-    if args.controller is None:
-        args.controller = "agent" if args.headless else "human"
+    if args.controller is None and not args.headless:
+        args.controller = "human"  # headless: the agent, or random in real mode when there are no weights
     if args.headless:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # fonts and surfaces only, never a window
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")

@@ -67,14 +67,15 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
-                  controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
+                  controller: str | None = "human", device: str = "cpu", denoising_steps: int | None = None,
                   horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
     precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
     Without weights (none given and none found offline), real mode with a human or random player still
-    works: the agent controller and the dream are then unavailable.
+    works: the agent controller and the dream are then unavailable. controller None: the agent when
+    there are weights, else random.
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
@@ -86,9 +87,13 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
         try:
             agent, game = load_weights(weights, game, dev)
         except (ConnectionError, FileNotFoundError) as e:
-            if weights is not None or mode != "real" or controller == "agent":
+            if weights is not None or mode != "real":
                 raise
-            print(f"note: no weights ({e}); playing the real game without the agent", file=sys.stderr)
+            if controller == "agent":
+                raise type(e)(f"{e}; or play the real game without weights: --controller random") from None
+            controller = controller or "random"
+            print(f"note: no weights ({e}); the {controller} controller plays the real game", file=sys.stderr)
+    controller = controller or ("agent" if agent is not None else "random")
     game = game or DEFAULT_GAME
     real = RealSource(game, seed=seed)
     try:
