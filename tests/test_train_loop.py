@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,12 +42,18 @@ def checkpoint_epoch(run: Path) -> int:
 def test_tiny_run_killed_resumes_and_finishes(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress"]
-    proc = dreamarcade(*args)
+    proc = dreamarcade(*args, "--epochs", "2")
     deadline = time.time() + 400
     while checkpoint_epoch(run) < 1:  # epoch 1 is saved: kill it while it works on epoch 2
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline, "epoch 1 never finished"
         time.sleep(0.2)
+    first_out = []
+    for line in proc.stdout:  # epoch 1's line comes once its checkpoint, weights and plots are written
+        first_out.append(line)
+        if line.startswith("epoch 1/"):
+            break
+    assert first_out[0].startswith("device: cpu (") and first_out[-1].startswith("epoch 1/2 (of 3) steps"), first_out
     episodes_at_kill = {p.name for p in (run / "store").iterdir()}
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -55,13 +62,16 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
     killed_at = ckpt["counters"]["epoch"]
     assert killed_at >= 1
 
-    again = subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    again = subprocess.run([sys.executable, "-m", "app", *args, "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert again.returncode == 2 and "--resume" in again.stderr  # no silent restart over an existing run
 
     proc = dreamarcade("train", "--run-dir", str(run), "--resume", "--no-progress")
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
-    assert "finished" in out
+    # the end of a run: its return beside a random policy's (Catch: about -0.5), and where the weights are
+    assert "epoch 3/3 steps" in out and "finished: 3 epochs" in out, out
+    assert re.search(r"final test return -?\d\.\d\d over 1 episodes; a random policy: -0\.[45]\d", out), out
+    assert f"weights: {run / 'weights'} (play them: dreamarcade play --weights {run / 'weights'})" in out
 
     cfg = get_preset("tiny")
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -108,6 +118,20 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(tmp_path / "none"), "--resume"],
                        cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no training run to resume" in r.stderr
+    if not torch.cuda.is_available():  # a device that is not there is refused before the run folder is made
+        r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Catch", "--device", "cuda",
+                            "--run-dir", str(tmp_path / "cuda")], cwd=ROOT, capture_output=True, text=True, env=ENV)
+        assert r.returncode == 2 and "no CUDA device" in r.stderr and not (tmp_path / "cuda").exists()
+
+
+def test_train_help_names_every_preset():
+    from app.commands.train import PRESETS as CLI_PRESETS
+
+    assert CLI_PRESETS == tuple(PRESETS)  # the CLI checks names before importing torch
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       env=ENV)
+    for name in PRESETS:
+        assert f"\n  {name} " in r.stdout, name  # described in the presets list
 
 
 def test_presets_round_trip_through_json():

@@ -32,6 +32,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
             s.initial_collection() if s.dataset is None else s.start_static()
         s.counters = broadcast_object(s.counters, world)
         last_epoch = s.counters.num_epochs if max_epochs is None else min(max_epochs, s.counters.num_epochs)
+        s.last_epoch = last_epoch
         for epoch in range(s.counters.epoch + 1, last_epoch + 1):
             t0 = time.perf_counter()
             collected = {}

@@ -79,6 +79,8 @@ class Session:
                                             seed=cfg.seed, device=dev)
         self._t_start = time.perf_counter()
         self._bar = None
+        self.last_epoch = 0  # where this session stops (training.loop sets it: --epochs or the run's end)
+        self._update_s: dict[str, tuple[float, int]] = {}  # model -> (seconds, updates) of its last epoch
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
@@ -191,14 +193,16 @@ class Session:
         mcfg = getattr(self.cfg, model)
         n = mcfg.steps_first_epoch if first else mcfg.steps_per_epoch
         sums: dict[str, float] = {}
-        bar = tqdm(range(n), desc=f"epoch {epoch}/{self.counters.num_epochs} {model}", leave=False,
+        bar = tqdm(range(n), desc=f"epoch {epoch}/{self.last_epoch or self.counters.num_epochs} {model}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
         for _ in bar:
             m = update()
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v:.3g}" for k, v in m.items() if k.startswith("loss")}, refresh=False)
         self.counters.updates[model] += n
+        self._update_s[model] = (time.perf_counter() - t0, n)
         return {f"{model}/train/{k}": v / n for k, v in sums.items()} if n else {}
 
     def imagine_update(self, update_fn) -> dict:
@@ -261,14 +265,25 @@ class Session:
         c = self.counters
         if c.epoch == 0:
             return
-        left = (c.num_epochs - c.epoch) * c.seconds / c.epoch
+        last = self.last_epoch or c.num_epochs
+        epoch_s = metrics.get("time/epoch_s", c.seconds / c.epoch) + time.perf_counter() - self._t_start  # + saving
+        left = (last - c.epoch) * self._epoch_estimate(epoch_s)
         shown = {k: v for k, v in metrics.items() if "/loss" in k and "test" not in k or k.endswith("return_mean")}
         text = " ".join(f"{k.split('/')[0][:8]}.{k.split('/')[-1]}={v:.3g}" for k, v in shown.items())
-        line = f"epoch {c.epoch}/{c.num_epochs} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, ~{_hms(left)} left"
+        of = f" (of {c.num_epochs})" if last != c.num_epochs else ""
+        line = f"epoch {c.epoch}/{last}{of} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, ~{_hms(left)} left"
         if self.progress:
             tqdm.write(line)
         else:
             print(line, flush=True)
+
+    def _epoch_estimate(self, epoch_s: float) -> float:
+        """Seconds a coming epoch should take: the last epoch's time with its updates counted at the regular
+        number per epoch (the first epoch does many more, and the initial collection is not repeated)."""
+        for model, (seconds, n) in self._update_s.items():
+            if n:
+                epoch_s += (seconds / n) * (getattr(self.cfg, model).steps_per_epoch - n)
+        return max(epoch_s, 0.0)
 
     def finish(self, final: dict) -> dict:
         c = self.counters

@@ -39,7 +39,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="cut each test episode after this many steps (quick checks; the protocol has no cut)")
     p.add_argument("--num-envs", type=int, default=8, help="episodes played in parallel (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of envs, policy sampling and bootstrap (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, mps (default: the best present, CUDA, then MPS, then cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
@@ -69,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from app.device import describe_device, resolve_device
+
+    device = resolve_device(args.device)
+    print(describe_device(device, args.device), flush=True)
+    args.device = str(device)
     if args.fidelity:
         return _run_fidelity(args)
     return _run_episodes(args)

@@ -39,7 +39,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="imagined steps before the dream restarts from real frames (compare: re-syncs); "
                         "0: never (default)")
     p.add_argument("--fps", type=float, default=15.0, help="agent steps per second (default 15, as the reference)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, mps (default: the best present, CUDA, then MPS, then cpu)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="world model and agent precision: auto (default) is bfloat16 where the device runs it "
                         "natively (recent CPUs, GPUs), else float32, the reference's exact numbers")
@@ -108,14 +109,17 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # fonts and surfaces only, never a window
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+    from app.device import describe_device, resolve_device
     from app.player.launch import build_session
 
+    device = resolve_device(args.device)
+    print(describe_device(device, args.device), flush=True)
     if not args.headless:
         from app.player.player import check_display
 
         check_display()  # before loading weights, which may take a while
     session = build_session(
-        game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=args.device,
+        game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=str(device),
         denoising_steps=args.denoising_steps, horizon=args.horizon, precision=args.precision, seed=args.seed,
         sample_rew_end=args.sample_rew_end,
     )

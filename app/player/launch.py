@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from app.device import resolve_device
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
 
@@ -24,18 +25,6 @@ def resolve_game(name: str) -> str:
     if toy_env_id(name):
         return name.strip().capitalize()
     return resolve(name)
-
-
-def resolve_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch has no CUDA device; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
-    return dev
 
 
 def load_weights(weights: str | None, game: str | None, device: torch.device):
@@ -67,11 +56,12 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
-                  controller: str | None = "human", device: str = "cpu", denoising_steps: int | None = None,
+                  controller: str | None = "human", device: str | None = None, denoising_steps: int | None = None,
                   horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
                   sample_rew_end: bool = False) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
+    device: a torch device name, or None for the best one present (app.device).
     precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
     Without weights (none given and none found offline), real mode with a human or random player still
     works: the agent controller and the dream are then unavailable. controller None: the agent when
@@ -107,7 +97,8 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
                                 sample_rew_end=sample_rew_end)
             policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()),
                             precision=precision)
-        return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed)
+        return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed,
+                       device=str(dev))
     except BaseException:
         real.close()
         raise
