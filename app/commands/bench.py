@@ -18,7 +18,7 @@ examples:
   dreamarcade bench --json bench.json
   dreamarcade bench --quick --only play
   dreamarcade bench --device cuda --json bench-gpu.json      (a GPU; the reference's numbers are CPU numbers)
-  dreamarcade bench --quick --preset tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
+  dreamarcade bench --quick --model tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
 """
 
 PARTS = ("play", "denoiser", "rew_end", "imagination", "collect")
@@ -31,8 +31,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="timed runs per measurement, after warm-up (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer and shorter runs (noisier)")
-    p.add_argument("--preset", default="atari100k",
-                   help="model size (default atari100k, the reference's; tiny for smoke tests)")
+    p.add_argument("--model", default="atari100k", metavar="SIZE",
+                   help="model size: atari100k (default, the reference's), small, tiny (smoke tests); "
+                        "not a training one of `train`")
+    p.add_argument("--preset", dest="model", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), metavar="PART",
                    help=f"measure only these: {', '.join(PARTS)} (default: all)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
@@ -54,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from app.bench import run_bench, table
     from model.presets import PRESETS
 
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if args.model not in PRESETS:
+        raise ValueError(f"unknown model size {args.model!r}; choose one of: {', '.join(PRESETS)}")
     if args.repeats is not None and args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
     if args.batch_size < 1:
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads or threads)
-        report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
+        report = run_bench(preset=args.model, quick=args.quick, repeats=args.repeats, include=tuple(args.only),
                            game=args.game, batch_size=args.batch_size,
                            train_precision=args.train_precision, device=device,
                            log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -59,14 +59,32 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What the user typed, checked before torch is imported (that alone takes seconds)."""
+    if not args.game:
+        raise ValueError("--game is required (or use --aggregate RESULTS.json)")
+    from training.games import resolve_game
+    from training.toy_env import toy_env_id
+
+    if "/" not in args.game and not toy_env_id(args.game):  # not a gymnasium id: one of the 26, or a clear error
+        resolve_game(args.game)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.fidelity and (args.horizon < 1 or args.contexts < 1):
+        raise ValueError("--horizon and --contexts must be at least 1")
+    if args.fidelity and args.denoising_steps is not None and args.denoising_steps < 1:
+        raise ValueError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
+    if not args.fidelity and (args.episodes < 1 or args.num_envs < 1):
+        raise ValueError("--episodes and --num-envs must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, not {args.max_steps}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.aggregate:
         return _run_aggregate(args)
-    if not args.game:
-        raise ValueError("--game is required (or use --aggregate RESULTS.json)")
+    _check_args(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -137,8 +155,6 @@ def _run_aggregate(args: argparse.Namespace) -> int:
 def _run_episodes(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_weights
 
-    if args.episodes < 1 or args.num_envs < 1:
-        raise ValueError("--episodes and --num-envs must be at least 1")
     result = evaluate_weights(args.weights, args.game, episodes=args.episodes, seed=args.seed,
                               num_envs=args.num_envs, device=args.device,
                               max_episode_steps=args.max_steps, progress=True)
@@ -160,8 +176,6 @@ def _run_episodes(args: argparse.Namespace) -> int:
 def _run_fidelity(args: argparse.Namespace) -> int:
     from training.fidelity import FidelityConfig, measure_fidelity_of_weights
 
-    if args.horizon < 1 or args.contexts < 1:
-        raise ValueError("--horizon and --contexts must be at least 1")
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
                          denoising_steps=args.denoising_steps, policy=args.policy,
                          precision=args.precision)

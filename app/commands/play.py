@@ -68,6 +68,13 @@ def _panel_size(size: int | None, default: int) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """What the user typed, checked before torch is imported (that alone takes seconds)."""
+    if args.game:
+        from training.games import resolve_game
+        from training.toy_env import toy_env_id
+
+        if not toy_env_id(args.game):
+            resolve_game(args.game)  # an unknown name fails here, with the closest names
     if args.fps <= 0:
         raise ValueError(f"--fps must be positive, not {args.fps:g}")
     if args.denoising_steps is not None and args.denoising_steps < 1:
