@@ -39,7 +39,7 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
     hud = surface = None
     if video is not None:
         pygame.font.init()
-        hud = Hud(size, Keymap(session.meanings))
+        hud = Hud(size, Keymap.for_game(session.game, session.meanings), interactive=False)
         surface = pygame.Surface(hud.window_size(len(session.snapshot().panels)))
     status = Status(fps_target=None)
     returns, latencies, psnrs = [], [], []

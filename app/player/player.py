@@ -19,7 +19,7 @@ from typing import Callable
 
 import pygame
 
-from app.player.hud import Hud, Status
+from app.player.hud import Hud, Status, fit_panel
 from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array, timestamp
 from app.player.session import CONTROLLERS, MODES, Session, Snapshot
@@ -29,6 +29,7 @@ HORIZONS = (5, 10, 15, 25, 50, 100, 200, 500, 0)  # 0: unlimited, after the larg
 MESSAGE_SECONDS = 2.5
 HUD_REFRESH_S = 0.5
 MAX_DENOISING_STEPS = 50
+WINDOW_MARGIN = (16, 80)  # desktop pixels left for the window's frame, title bar and a task bar
 NO_DISPLAY = ("no display to open a window on ({why}); to play without a window, run "
               "`dreamarcade play --headless --steps N [--record FILE.mp4]`")
 
@@ -91,6 +92,30 @@ def check_display() -> None:
     pygame.display.quit()
 
 
+def display_room() -> tuple[int, int] | None:
+    """The pixels a window can take on the desktop (its size less room for a title bar and a task bar)."""
+    try:
+        width, height = pygame.display.get_desktop_sizes()[0]
+    except (pygame.error, IndexError):
+        return None
+    return width - WINDOW_MARGIN[0], height - WINDOW_MARGIN[1]
+
+
+def keep_on_screen(size: tuple[int, int]) -> None:
+    """Moves the window left or up when it has grown past the desktop's edge (compare mode widens it)."""
+    try:
+        from pygame._sdl2.video import Window
+
+        window = Window.from_display_module()
+        desk_w, desk_h = pygame.display.get_desktop_sizes()[0]
+        x, y = window.position
+        new = (max(0, min(x, desk_w - size[0])), max(0, min(y, desk_h - size[1] - WINDOW_MARGIN[1] // 2)))
+        if new != (x, y):
+            window.position = new
+    except (ImportError, pygame.error, IndexError):
+        pass  # a driver without window positions: nothing to move
+
+
 def open_display(size: tuple[int, int]) -> pygame.Surface:
     """Opens the window; raises ValueError with a --headless hint when there is no display."""
     _init_display()
@@ -107,7 +132,7 @@ class Player:
 
     def __post_init__(self) -> None:
         self.options.out_dir = Path(self.options.out_dir)
-        self.keymap = Keymap(self.session.meanings)
+        self.keymap = Keymap.for_game(self.session.game, self.session.meanings)
         self.hud = Hud(self.options.size, self.keymap)
         self.status = Status(fps_target=self.options.fps)
         self.held_keys: set[int] = set()
@@ -124,8 +149,11 @@ class Player:
         self.videos: list[Path] = []
         self._step_times: deque[float] = deque(maxlen=32)
         self._message_until = 0.0
+        self._recording_since: float | None = None
+        self._paused_before_help = False
         self._next_step = 0.0
         self._screen: pygame.Surface | None = None
+        self._room: tuple[int, int] | None = None  # what the desktop leaves for the window
         self._worker: SessionWorker | None = None
         # settings as the keys left them (the session applies them in its thread, maybe a step later)
         self.want = {"mode": self.session.mode, "controller": self.session.controller,
@@ -145,8 +173,12 @@ class Player:
         submit = self._worker.submit
         if key == pygame.K_ESCAPE:
             self.running = False
-        elif key in (pygame.K_h, pygame.K_F1):
+        elif key in (pygame.K_h, pygame.K_F1):  # the game waits while the help is read
             self.status.help = not self.status.help
+            if self.status.help:
+                self._paused_before_help, self.status.paused = self.status.paused, True
+            else:
+                self.status.paused = self._paused_before_help
         elif key == pygame.K_p:
             self.status.paused = not self.status.paused
             self.flash("paused" if self.status.paused else "resumed")
@@ -225,7 +257,7 @@ class Player:
         path = path or self.options.out_dir / f"{stem}.mp4"
         self.video = VideoRecorder(path, self.options.fps)
         self.episodes = EpisodeRecorder(path.with_suffix("").with_name(path.stem + "-episodes"))
-        self.status.recording = True
+        self._recording_since = time.monotonic()
         self.flash(f"recording to {path}")
 
     def stop_recording(self) -> None:
@@ -235,7 +267,7 @@ class Player:
         saved = self.episodes.close()
         self.videos.append(path)
         self.video = self.episodes = None
-        self.status.recording = False
+        self._recording_since = None
         self.flash(f"saved {path} and {len(saved)} episode(s)")
 
     # ---- loop -----------------------------------------------------------------------------
@@ -263,10 +295,14 @@ class Player:
         return (len(t) - 1) / (t[-1] - t[0])
 
     def _draw(self) -> None:
-        size = self.hud.window_size(len(self.snapshot.panels) if not self.status.original else 1)
+        panels = len(self.snapshot.panels) if not self.status.original else 1
+        self.hud.size = fit_panel(self.options.size, panels, self._room)
+        size = self.hud.window_size(panels)
         if self._screen.get_size() != size:
             self._screen = pygame.display.set_mode(size)
+            keep_on_screen(size)
         self.status.fps_reached = self._fps()
+        self.status.recording_s = None if self._recording_since is None else time.monotonic() - self._recording_since
         self.status.busy = self._worker.busy
         if self.status.message and time.monotonic() > self._message_until:
             self.status.message = ""
@@ -275,6 +311,9 @@ class Player:
     def run(self) -> "Player":
         """Opens the window and plays until Esc, the window is closed, or a max_steps/max_frames limit."""
         opts = self.options
+        _init_display()
+        self._room = display_room()
+        self.hud.size = fit_panel(opts.size, len(self.snapshot.panels), self._room)
         self._screen = open_display(self.hud.window_size(len(self.snapshot.panels)))
         pygame.display.set_caption(f"dreamarcade: {self.session.game}")
         pygame.joystick.init()
