@@ -101,18 +101,30 @@ def display_room() -> tuple[int, int] | None:
     return width - WINDOW_MARGIN[0], height - WINDOW_MARGIN[1]
 
 
-def keep_on_screen(size: tuple[int, int]) -> None:
-    """Moves the window left or up when it has grown past the desktop's edge (compare mode widens it)."""
+def sdl_window():
+    """The pygame window as an SDL Window object (for its position), or None where pygame has none.
+    Keep the object as long as the window, and take a new one after each set_mode: pygame stores a pointer
+    to it in the SDL window, and one that is garbage collected leaves SDL's event handling a dangling
+    pointer (a segfault at the next event)."""
     try:
         from pygame._sdl2.video import Window
 
-        window = Window.from_display_module()
+        return Window.from_display_module()
+    except (ImportError, pygame.error):
+        return None
+
+
+def keep_on_screen(window, size: tuple[int, int]) -> None:
+    """Moves the window left or up when it has grown past the desktop's edge (compare mode widens it)."""
+    if window is None:
+        return
+    try:
         desk_w, desk_h = pygame.display.get_desktop_sizes()[0]
         x, y = window.position
         new = (max(0, min(x, desk_w - size[0])), max(0, min(y, desk_h - size[1] - WINDOW_MARGIN[1] // 2)))
         if new != (x, y):
             window.position = new
-    except (ImportError, pygame.error, IndexError):
+    except (pygame.error, IndexError):
         pass  # a driver without window positions: nothing to move
 
 
@@ -154,6 +166,7 @@ class Player:
         self._next_step = 0.0
         self._screen: pygame.Surface | None = None
         self._room: tuple[int, int] | None = None  # what the desktop leaves for the window
+        self._window = None  # the SDL window object, kept alive with the window (see sdl_window)
         self._worker: SessionWorker | None = None
         # settings as the keys left them (the session applies them in its thread, maybe a step later)
         self.want = {"mode": self.session.mode, "controller": self.session.controller,
@@ -300,7 +313,8 @@ class Player:
         size = self.hud.window_size(panels)
         if self._screen.get_size() != size:
             self._screen = pygame.display.set_mode(size)
-            keep_on_screen(size)
+            self._window = sdl_window()  # set_mode may have made a new SDL window
+            keep_on_screen(self._window, size)
         self.status.fps_reached = self._fps()
         self.status.recording_s = None if self._recording_since is None else time.monotonic() - self._recording_since
         self.status.busy = self._worker.busy
@@ -315,6 +329,7 @@ class Player:
         self._room = display_room()
         self.hud.size = fit_panel(opts.size, len(self.snapshot.panels), self._room)
         self._screen = open_display(self.hud.window_size(len(self.snapshot.panels)))
+        self._window = sdl_window()
         pygame.display.set_caption(f"dreamarcade: {self.session.game}")
         pygame.joystick.init()
         pygame.key.set_repeat()  # held keys are tracked, not repeated
@@ -358,4 +373,10 @@ class Player:
             self._take(self._worker.results())
             self.stop_recording()
             pygame.display.quit()
+            self._window = None
         return self
+
+    @property
+    def window_position(self) -> tuple[int, int] | None:
+        """Where the window is on the desktop (None where the driver does not say)."""
+        return None if self._window is None else tuple(self._window.position)
