@@ -246,6 +246,11 @@ def test_headless_records_an_mp4_with_one_frame_per_step(weights_file, tmp_path,
     frames = imageio.mimread(out, memtest=False)
     assert len(frames) == 12
     assert frames[0].shape[0] > 64 and frames[0].std() > 5  # the HUD and the frame are drawn
+    from app.player.hud import BG, FOOTER_H
+
+    # no "h: help  Esc: quit" footer: nobody can press keys in a recording (the right of the footer is empty)
+    footer = frames[-1][-FOOTER_H:, frames[-1].shape[1] // 2:, :3].astype(int)
+    assert np.abs(footer - np.array(BG)).max() < 40
     assert "12 steps" in capsys.readouterr().out
     stored = list((tmp_path / "run-episodes").rglob("*.npz"))
     assert stored
@@ -346,21 +351,24 @@ def test_replay_browses_recorded_episodes(weights_file, tmp_path):
     from app.player.replay import run_replay
 
     script = {2: [pygame.K_RIGHT] * 5, 4: [pygame.K_PAGEUP], 6: [pygame.K_END], 8: [pygame.K_HOME],
-              10: [pygame.K_UP]}
-    positions = {}
+              10: [pygame.K_UP], 12: [pygame.K_h]}
+    positions, shown = {}, {}
 
     def on_frame(i, replay):
         for k in script.get(i, ()):
             key(k)
             key(k, down=False)
         positions[i] = (replay.episode, replay.t)
+        shown[i] = (dict(replay.lines())["Action"], replay.help)
 
-    replay = run_replay(tmp_path / "rec-episodes", size=128, max_frames=14, on_frame=on_frame,
-                        meanings=("NOOP", "FIRE", "RIGHT", "LEFT"))
+    # no --game: the recording says which game it is, so actions have their names
+    replay = run_replay(tmp_path / "rec-episodes" / "real", size=128, max_frames=14, on_frame=on_frame)
     assert positions[3] == (0, 5) and positions[5] == (0, 15)
     assert positions[7] == (0, 20)  # the frame after the last step
     assert positions[9] == (0, 0)
-    assert replay.lines()[0][0] == "Episode"
+    action = shown[9][0]
+    assert action.split(" (")[0] in ("NOOP", "FIRE", "RIGHT", "LEFT") and action.endswith(")"), action
+    assert shown[11][1] is False and shown[13][1] is True  # h shows the help
 
 
 def test_window_holds_the_target_rate(agent):

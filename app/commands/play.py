@@ -101,13 +101,11 @@ def run(args: argparse.Namespace) -> int:
         from app.player.replay import run_replay
 
         meanings = None
-        if args.game:  # action names instead of numbers
+        if args.game:  # else the recording (or the training run) names its game
             from app.player.launch import resolve_game
-            from app.player.sources import make_real_env
+            from app.player.replay import game_action_names
 
-            env = make_real_env(resolve_game(args.game))
-            meanings = tuple(env.unwrapped.get_action_meanings())
-            env.close()
+            meanings = game_action_names(resolve_game(args.game))
         run_replay(args.replay, size=_panel_size(args.size, 512), meanings=meanings, fps=args.fps)
         return 0
     if args.controller is None and not args.headless:

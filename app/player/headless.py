@@ -35,7 +35,7 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
     if steps < 1:
         raise ValueError(f"--steps must be at least 1, not {steps}")
     video = VideoRecorder(record, fps) if record is not None else None
-    episodes = EpisodeRecorder(episodes_dir) if episodes_dir is not None else None
+    episodes = EpisodeRecorder(episodes_dir, session.game, session.meanings) if episodes_dir is not None else None
     hud = surface = None
     if video is not None:
         pygame.font.init()

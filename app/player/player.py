@@ -269,7 +269,8 @@ class Player:
         stem = f"{self.session.game}-{timestamp()}"
         path = path or self.options.out_dir / f"{stem}.mp4"
         self.video = VideoRecorder(path, self.options.fps)
-        self.episodes = EpisodeRecorder(path.with_suffix("").with_name(path.stem + "-episodes"))
+        self.episodes = EpisodeRecorder(path.with_suffix("").with_name(path.stem + "-episodes"), self.session.game,
+                                        self.session.meanings)
         self._recording_since = time.monotonic()
         self.flash(f"recording to {path}")
 
