@@ -217,6 +217,49 @@ def test_window_live_controls(agent, tmp_path):
     s.close()
 
 
+def test_game_picker_switches_games_in_place(agent, tmp_path, monkeypatch):
+    """g opens the picker (the game waits), Right then Enter picks Pong: no weights here (an empty Hugging Face
+    cache), so the real Pong plays, with Pong's keys; then Breakout comes back with its shipped weights."""
+    from app.player.launch import game_switcher
+    from training.games import GAME_NAMES
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    seen = {}
+
+    script = Script(
+        (("steps", 3), press(pygame.K_g)),
+        (("frames", 30), press(pygame.K_RIGHT)),  # 13 games a column: Breakout (7) -> Pong (20)
+        (("frames", 2), press(pygame.K_RETURN)),
+        (("steps", 4), press(pygame.K_g)),
+        (("frames", 2), press(pygame.K_LEFT) + press(pygame.K_RETURN)),  # Pong -> Breakout
+        (("steps", 3), press(pygame.K_ESCAPE)),
+    )
+
+    def on_frame(i, player):
+        script(i, player)
+        if len(script.fired) == 1 and player.picker is not None and "picker" not in seen:
+            seen["picker"] = (dict(player.picker.status), player.status.paused, player.steps)
+        if len(script.fired) == 2 and "waited" not in seen:
+            seen["waited"] = player.steps  # 30 frames later: the game did not move on
+        if len(script.fired) == 4 and "pong" not in seen:
+            seen["pong"] = (player.session.game, player.snapshot.mode, player.keymap.summary(),
+                            player.session.dream is None)
+
+    s = session(agent, "imagine", "random")
+    switch = game_switcher(device="cpu", precision="float32", denoising_steps=1)
+    player = Player(s, WindowOptions(end_pause_s=0, fps=50, ui_hz=200, size=128, max_frames=5000, on_frame=on_frame,
+                                     switch_game=switch)).run()
+    assert script.done
+    status, paused, steps = seen["picker"]
+    assert status["Breakout"] == "shipped" and status["Pong"] == "real game only" and len(status) == len(GAME_NAMES)
+    assert paused and seen["waited"] <= steps + 1
+    assert seen["pong"] == ("Pong", "real", "Up/W Down/S move, Space fire", True)
+    assert player.session.game == "Breakout" and player.session.dream is not None  # its shipped weights
+    snap = player.snapshot  # back in the mode and with the controller chosen before Pong
+    assert (snap.game, snap.mode, snap.controller) == ("Breakout", "imagine", "random") and snap.t >= 3
+    s.close()
+
+
 def test_human_tap_between_steps_is_not_lost(agent):
     s = session(agent, "real", "human")
     taps = []

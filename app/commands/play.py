@@ -11,7 +11,8 @@ side by side with the same actions (compare). You or the agent play; switch at a
 
 keys: arrows/WASD move, Space fires (hold several for diagonals); h or F1 shows every key; Esc quits.
       p pause, n single step, r reset, m mode, Tab controller, y re-sync the dream with the real game,
-      [ ] imagination horizon, - = denoising steps, x screenshot, v record (mp4 + episodes), o 210x160 frame.
+      [ ] imagination horizon, - = denoising steps, x screenshot, v record (mp4 + episodes), o 210x160 frame,
+      g choose another game (the ones with weights here play in the dream, the others in the real game).
 
 examples:
   dreamarcade play --game Breakout                          (imagine mode, you play)
@@ -157,7 +158,12 @@ def _run_headless(session, args: argparse.Namespace) -> int:
 def _run_window(session, args: argparse.Namespace) -> int:
     from app.player.player import Player, WindowOptions
 
-    options = WindowOptions(fps=args.fps, size=_panel_size(args.size, 512), out_dir=args.out_dir, record=args.record)
+    from app.player.launch import game_switcher
+
+    switch = game_switcher(device=session.device, denoising_steps=args.denoising_steps, horizon=args.horizon,
+                           precision=args.precision, seed=args.seed, sample_rew_end=args.sample_rew_end)
+    options = WindowOptions(fps=args.fps, size=_panel_size(args.size, 512), out_dir=args.out_dir, record=args.record,
+                            switch_game=switch)
     player = Player(session, options).run()
     for path in player.videos:
         print(f"recorded {path}")

@@ -58,14 +58,14 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
                   controller: str | None = "human", device: str | None = None, denoising_steps: int | None = None,
                   horizon: int = 0, precision: str = "auto", seed: int | None = None, agent=None,
-                  sample_rew_end: bool = False) -> Session:
+                  sample_rew_end: bool = False, load: bool = True) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
     device: a torch device name, or None for the best one present (app.device).
     precision: "auto" (bfloat16 where the device runs it natively, see `model.fast`), "float32" or "bfloat16".
     Without weights (none given and none found offline), real mode with a human or random player still
     works: the agent controller and the dream are then unavailable. controller None: the agent when
-    there are weights, else random.
+    there are weights, else random. load False: no weights at all (real mode).
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
@@ -73,7 +73,7 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
         from model.fast import default_precision
 
         precision = default_precision(dev)
-    if agent is None:
+    if agent is None and load:
         try:
             agent, game = load_weights(weights, game, dev)
         except (ConnectionError, FileNotFoundError) as e:
@@ -102,3 +102,18 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
     except BaseException:
         real.close()
         raise
+
+
+def game_switcher(**options):
+    """The game picker's way to start another game: (game, mode, controller) -> Session, with the weights on
+    this machine for that game (shipped, or DIAMOND's cached), else the real game with a human or random
+    player (nothing is downloaded from inside the window). options: build_session's device, precision, ..."""
+    from app.player.picker import local_weights
+
+    def switch(game: str, mode: str, controller: str) -> Session:
+        if local_weights(game) is None:
+            return build_session(game=game, mode="real", controller="human" if controller == "agent" else controller,
+                                 load=False, **options)
+        return build_session(game=game, mode=mode, controller=controller, **options)
+
+    return switch

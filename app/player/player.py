@@ -21,6 +21,8 @@ import pygame
 
 from app.player.hud import Hud, Status, fit_panel
 from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
+from app.player.picker import COLUMN_W as PICKER_COLUMN_W
+from app.player.picker import GamePicker
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array, timestamp
 from app.player.session import CONTROLLERS, MODES, Session, Snapshot
 from app.player.worker import SessionWorker
@@ -45,6 +47,8 @@ class WindowOptions:
     on_frame: Callable[[int, "Player"], None] | None = None  # called each frame before reading events (tests)
     ui_hz: float = 60.0
     end_pause_s: float = 0.75  # the last frame of an episode stays this long before the next game starts
+    # the game picker (g): (game, mode, controller) -> a new Session for that game; None: no picker
+    switch_game: Callable[[str, str, str], Session] | None = None
 
 
 @contextlib.contextmanager
@@ -163,6 +167,9 @@ class Player:
         self._message_until = 0.0
         self._recording_since: float | None = None
         self._paused_before_help = False
+        self.picker: GamePicker | None = None
+        # the mode and controller last chosen with the keys: a game picked later starts with them where it can
+        self.chosen = {"mode": self.session.mode, "controller": self.session.controller}
         self._next_step = 0.0
         self._screen: pygame.Surface | None = None
         self._room: tuple[int, int] | None = None  # what the desktop leaves for the window
@@ -180,6 +187,14 @@ class Player:
         return self.keymap.action(held)
 
     def _key_down(self, key: int, scancode: int = 0) -> None:
+        if self.picker is not None:  # the picker has the keys while it is open
+            chosen = self.picker.handle_key(key)
+            if chosen is not True:
+                self.picker = None
+                self.status.paused = self._paused_before_help
+                if chosen:
+                    self.switch_game(chosen)
+            return
         self.held_keys.add(key)
         self.held_scancodes.add(scancode)
         self.latched |= buttons_from_keys({key}, {scancode})
@@ -192,6 +207,14 @@ class Player:
                 self._paused_before_help, self.status.paused = self.status.paused, True
             else:
                 self.status.paused = self._paused_before_help
+        elif key == pygame.K_g:
+            if self.options.switch_game is None:
+                self.flash("no game picker here")
+                return
+            self.status.help = False
+            columns = max(1, (self._screen.get_width() - 16) // PICKER_COLUMN_W)
+            self.picker = GamePicker.open(self.session.game, columns)
+            self._paused_before_help, self.status.paused = self.status.paused, True  # the game waits
         elif key == pygame.K_p:
             self.status.paused = not self.status.paused
             self.flash("paused" if self.status.paused else "resumed")
@@ -206,10 +229,12 @@ class Player:
             modes = [m for m in MODES if m == "real" or self.session.dream is not None]
             self.want["mode"] = modes[(modes.index(self.want["mode"]) + 1) % len(modes)]
             submit("set_mode", self.want["mode"])
+            self.chosen["mode"] = self.want["mode"]
         elif key in (pygame.K_TAB, pygame.K_c):
             ctrls = [c for c in CONTROLLERS if c != "agent" or self.session.policy is not None]
             self.want["controller"] = ctrls[(ctrls.index(self.want["controller"]) + 1) % len(ctrls)]
             submit("set_controller", self.want["controller"])
+            self.chosen["controller"] = self.want["controller"]
         elif key == pygame.K_y:
             submit("resync")
         elif key in (pygame.K_LEFTBRACKET, pygame.K_RIGHTBRACKET):
@@ -256,6 +281,35 @@ class Player:
     def _submit_step(self) -> None:
         self._worker.submit("step", self.human_action())
         self.latched.clear()
+
+    def switch_game(self, game: str) -> None:
+        """Plays `game` in place of the current one: its weights if it has some here, else the real game.
+        The current game goes on if the new one cannot be loaded (the reason is shown)."""
+        if game == self.session.game:
+            return
+        self.flash(f"loading {game} ...")
+        self._draw()
+        pygame.display.flip()
+        self._worker.close()  # the step under way finishes first
+        self._take(self._worker.results())
+        self.stop_recording()  # a recording holds one game
+        try:
+            session = self.options.switch_game(game, self.chosen["mode"], self.chosen["controller"])
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            self._worker = SessionWorker(self.session)
+            self.flash(f"{game}: {e}")
+            return
+        self.session.close()
+        self.session = session
+        self.keymap = Keymap.for_game(session.game, session.meanings)
+        self.hud.keymap = self.keymap
+        self.latched.clear()
+        self.want = {"mode": session.mode, "controller": session.controller, "horizon": session.horizon,
+                     "denoising_steps": session.denoising_steps or 1}
+        self.snapshot = session.snapshot()
+        self._worker = SessionWorker(session)
+        pygame.display.set_caption(f"dreamarcade: {session.game}")
+        self.flash(f"{session.game}: {session.mode} mode" + ("" if session.dream else ", no weights here"))
 
     def screenshot(self) -> Path:
         path = self.options.out_dir / f"screenshot-{self.session.game}-{timestamp()}-{len(self.screenshots)}.png"
@@ -322,6 +376,8 @@ class Player:
         if self.status.message and time.monotonic() > self._message_until:
             self.status.message = ""
         self.hud.draw(self._screen, self.snapshot, self.status)
+        if self.picker is not None:
+            self.picker.draw(self._screen, self.hud)
 
     def run(self) -> "Player":
         """Opens the window and plays until Esc, the window is closed, or a max_steps/max_frames limit."""
@@ -335,6 +391,7 @@ class Player:
         pygame.joystick.init()
         pygame.key.set_repeat()  # held keys are tracked, not repeated
         self._worker = SessionWorker(self.session)
+        first_session = self.session
         period, frame_period = 1.0 / opts.fps, 1.0 / max(opts.ui_hz, 2 * opts.fps)
         redraw_at = 0.0
         self._next_step = time.monotonic()
@@ -375,6 +432,8 @@ class Player:
             self.stop_recording()
             pygame.display.quit()
             self._window = None
+            if self.session is not first_session:  # one the picker opened: the caller closes only its own
+                self.session.close()
         return self
 
     @property
