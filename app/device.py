@@ -47,7 +47,8 @@ def describe_device(dev: torch.device, asked: str | None) -> str:
     elif dev.type == "mps":
         what = "Apple GPU"
     else:
-        what = f"{torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        what = f"{threads} thread{'s' if threads > 1 else ''}"
     why = "as asked" if asked not in (None, "auto") else (
         "the best found" if dev.type != "cpu" else "no CUDA or MPS device found")
     return f"device: {dev} ({what}, {why})"
