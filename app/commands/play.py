@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     print(describe_device(device, args.device), flush=True)
     if not args.headless:
-        from app.player.player import check_display
+        from app.player.display import check_display
 
         check_display()  # before loading weights, which may take a while
     session = build_session(

@@ -7,10 +7,6 @@ rate reached is on screen).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,6 +15,7 @@ from typing import Callable
 
 import pygame
 
+from app.player.display import display_room, init_display, keep_on_screen, open_display, sdl_window
 from app.player.hud import Hud, Status, fit_panel
 from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
 from app.player.picker import COLUMN_W as PICKER_COLUMN_W
@@ -31,9 +28,6 @@ HORIZONS = (5, 10, 15, 25, 50, 100, 200, 500, 0)  # 0: unlimited, after the larg
 MESSAGE_SECONDS = 2.5
 HUD_REFRESH_S = 0.5
 MAX_DENOISING_STEPS = 50
-WINDOW_MARGIN = (16, 80)  # desktop pixels left for the window's frame, title bar and a task bar
-NO_DISPLAY = ("no display to open a window on ({why}); to play without a window, run "
-              "`dreamarcade play --headless --steps N [--record FILE.mp4]`")
 
 
 @dataclass
@@ -49,96 +43,6 @@ class WindowOptions:
     end_pause_s: float = 0.75  # the last frame of an episode stays this long before the next game starts
     # the game picker (g): (game, mode, controller) -> a new Session for that game; None: no picker
     switch_game: Callable[[str, str, str], Session] | None = None
-
-
-@contextlib.contextmanager
-def _without_sdl_noise():
-    """Drops the line SDL's Wayland probe writes straight to file descriptor 2 when XDG_RUNTIME_DIR is unset
-    ("error: XDG_RUNTIME_DIR is invalid or not set"): it would come before, and contradict, our own message.
-    Anything else written meanwhile is passed on."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable stderr descriptor (embedded interpreters): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as caught:
-        sys.stderr.flush()
-        os.dup2(caught.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            kept = [line for line in caught.read().splitlines(keepends=True) if b"XDG_RUNTIME_DIR" not in line]
-            if kept:
-                os.write(2, b"".join(kept))
-
-
-def _init_display() -> None:
-    if (sys.platform.startswith("linux") and not os.environ.get("SDL_VIDEODRIVER")
-            and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
-        raise ValueError(NO_DISPLAY.format(why="neither DISPLAY nor WAYLAND_DISPLAY is set"))
-    try:
-        with _without_sdl_noise():
-            pygame.display.init()
-    except pygame.error as e:
-        raise ValueError(NO_DISPLAY.format(why=e)) from None
-    driver = pygame.display.get_driver()
-    if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER") != driver:
-        pygame.display.quit()  # SDL fell back to an invisible window: nobody would see it
-        raise ValueError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
-
-
-def check_display() -> None:
-    """Raises ValueError with a --headless hint when no window can be shown (checked before loading weights)."""
-    _init_display()
-    pygame.display.quit()
-
-
-def display_room() -> tuple[int, int] | None:
-    """The pixels a window can take on the desktop (its size less room for a title bar and a task bar)."""
-    try:
-        width, height = pygame.display.get_desktop_sizes()[0]
-    except (pygame.error, IndexError):
-        return None
-    return width - WINDOW_MARGIN[0], height - WINDOW_MARGIN[1]
-
-
-def sdl_window():
-    """The pygame window as an SDL Window object (for its position), or None where pygame has none.
-    Keep the object as long as the window, and take a new one after each set_mode: pygame stores a pointer
-    to it in the SDL window, and one that is garbage collected leaves SDL's event handling a dangling
-    pointer (a segfault at the next event)."""
-    try:
-        from pygame._sdl2.video import Window
-
-        return Window.from_display_module()
-    except (ImportError, pygame.error):
-        return None
-
-
-def keep_on_screen(window, size: tuple[int, int]) -> None:
-    """Moves the window left or up when it has grown past the desktop's edge (compare mode widens it)."""
-    if window is None:
-        return
-    try:
-        desk_w, desk_h = pygame.display.get_desktop_sizes()[0]
-        x, y = window.position
-        new = (max(0, min(x, desk_w - size[0])), max(0, min(y, desk_h - size[1] - WINDOW_MARGIN[1] // 2)))
-        if new != (x, y):
-            window.position = new
-    except (pygame.error, IndexError):
-        pass  # a driver without window positions: nothing to move
-
-
-def open_display(size: tuple[int, int]) -> pygame.Surface:
-    """Opens the window; raises ValueError with a --headless hint when there is no display."""
-    _init_display()
-    try:
-        return pygame.display.set_mode(size)
-    except pygame.error as e:
-        raise ValueError(NO_DISPLAY.format(why=e)) from None
 
 
 @dataclass
@@ -382,7 +286,7 @@ class Player:
     def run(self) -> "Player":
         """Opens the window and plays until Esc, the window is closed, or a max_steps/max_frames limit."""
         opts = self.options
-        _init_display()
+        init_display()
         self._room = display_room()
         self.hud.size = fit_panel(opts.size, len(self.snapshot.panels), self._room)
         self._screen = open_display(self.hud.window_size(len(self.snapshot.panels)))

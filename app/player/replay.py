@@ -16,7 +16,7 @@ import numpy as np
 import pygame
 
 from app.player.hud import ACCENT, BG, DIM, FG, FOOTER_H, HEADER_H
-from app.player.player import open_display
+from app.player.display import open_display
 
 KEYS_HELP = "Left/Right step  PgUp/PgDn 10  Home/End  Up/Down episode  Space play  h help  Esc quit"
 KEYS = (
