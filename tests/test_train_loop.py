@@ -62,7 +62,8 @@ def test_tiny_run_killed_resumes_and_finishes(tmp_path):
     killed_at = ckpt["counters"]["epoch"]
     assert killed_at >= 1
 
-    again = subprocess.run([sys.executable, "-m", "app", *args, "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, env=ENV)
+    again = subprocess.run([sys.executable, "-m", "app", *args, "--epochs", "2"], cwd=ROOT, capture_output=True,
+                           text=True, env=ENV)
     assert again.returncode == 2 and "--resume" in again.stderr  # no silent restart over an existing run
 
     proc = dreamarcade("train", "--run-dir", str(run), "--resume", "--no-progress")

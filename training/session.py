@@ -193,8 +193,8 @@ class Session:
         mcfg = getattr(self.cfg, model)
         n = mcfg.steps_first_epoch if first else mcfg.steps_per_epoch
         sums: dict[str, float] = {}
-        bar = tqdm(range(n), desc=f"epoch {epoch}/{self.last_epoch or self.counters.num_epochs} {model}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(range(n), desc=f"epoch {epoch}/{self.last_epoch or self.counters.num_epochs} {model}",
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
         t0 = time.perf_counter()
         for _ in bar:
             m = update()
@@ -271,7 +271,8 @@ class Session:
         shown = {k: v for k, v in metrics.items() if "/loss" in k and "test" not in k or k.endswith("return_mean")}
         text = " ".join(f"{k.split('/')[0][:8]}.{k.split('/')[-1]}={v:.3g}" for k, v in shown.items())
         of = f" (of {c.num_epochs})" if last != c.num_epochs else ""
-        line = f"epoch {c.epoch}/{last}{of} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, ~{_hms(left)} left"
+        line = (f"epoch {c.epoch}/{last}{of} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, "
+                f"~{_hms(left)} left")
         if self.progress:
             tqdm.write(line)
         else:
