@@ -12,7 +12,7 @@ KEYS = ("device", "threads", "play_step_ms", "denoiser_train_samples_per_s", "re
 
 def test_quick_bench_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "--quick", "--preset", "tiny", "--batch-size", "2", "--threads", "1",
+    assert main(["bench", "--quick", "--model", "tiny", "--batch-size", "2", "--threads", "1",
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(KEYS) <= set(report)
@@ -46,8 +46,8 @@ def test_epoch_is_a_real_training_epoch_split_by_phase(tmp_path, capsys):
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
-    assert main(["bench", "--preset", "huge"]) == 2
-    assert "unknown preset 'huge'" in capsys.readouterr().err
+    assert main(["bench", "--model", "huge"]) == 2
+    assert "unknown model size 'huge'" in capsys.readouterr().err
     assert main(["bench", "--json", str(tmp_path / "missing" / "b.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["bench", "--device", "gpu0"]) == 2

@@ -126,6 +126,15 @@ def test_truncated_and_foreign_checkpoints_give_clear_errors(checkpoint, tmp_pat
         load_agent(empty)
 
 
+def test_random_bytes_are_named_for_what_they_are(tmp_path):
+    # not "pickled Python objects other than tensors": the file is no pickle at all
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes([0x17, 0x83, 0xD8, 0x10, 0xB8, 0xBD, 0xB6, 0x48]) + bytes(range(256)))
+    with pytest.raises(ValueError, match=r"noise\.bin: not a PyTorch checkpoint \(zip or pickle\) nor a safetensors "
+                                         r"file: it starts with bytes 17 83 d8 10 b8 bd b6 48$"):
+        load_agent(noise)
+
+
 def test_action_keys_match_the_reference_list():
     shapes = {k: tuple(v.shape) for k, v in diamond_state_dict(7).items()}
     assert all(shapes[k][0] == 7 for k in ACTION_KEYS)

@@ -12,7 +12,8 @@ from app.cli import main
 from model.agent import Agent
 from model.presets import tiny
 from training.fidelity import (
-    MAX_PSNR, FidelityConfig, compare, imagine, measure_fidelity, psnr, record_real, ssim, strip_image,
+    MAX_PSNR, STRIP_HEADER_H, STRIP_LABEL_W, FidelityConfig, compare, imagine, measure_fidelity, psnr,
+    record_real, ssim, strip_image,
 )
 
 CONTEXT = tiny(4).denoiser.num_steps_conditioning  # the tiny agent's context length, from its config
@@ -85,10 +86,19 @@ def test_imagined_rollout(agent, real):
     result = compare(real, fake)
     assert result["mean_psnr"] < 20  # an untrained denoiser does not reproduce Breakout
     strip = strip_image(real, fake, columns=4)
-    assert strip.shape[0] == 2 * 128 + 6 and strip.dtype == np.uint8
-    # Real above, imagined below: the top-left tile is the last context frame.
-    top_left = strip[2:130, 2:130].reshape(64, 2, 64, 2, 3)[:, 0, :, 0]
-    assert np.array_equal(top_left, real.obs[0, CONTEXT - 1].permute(1, 2, 0).numpy())
+    top, left = STRIP_HEADER_H + 2, STRIP_LABEL_W + 2
+    assert strip.shape == (top + 2 * 128 + 4, left + 5 * 130, 3) and strip.dtype == np.uint8  # context + 4 steps
+    # Real above, imagined below: the top-left tile is the last context frame, then steps 1, 3, 4, 6.
+    tile = lambda row, col: strip[top + row * 130:top + row * 130 + 128, left + col * 130:left + col * 130 + 128]
+    assert np.array_equal(tile(0, 0)[::2, ::2], real.obs[0, CONTEXT - 1].permute(1, 2, 0).numpy())
+    assert np.array_equal(tile(1, 4)[::2, ::2], fake.obs[0, CONTEXT - 1 + 6].permute(1, 2, 0).numpy())
+    # labels: dark text over every column and beside both rows, nothing else in the margins
+    ink = (strip < 128).all(-1)
+    for col in range(5):
+        assert ink[:top, left + col * 130:left + col * 130 + 128].sum() > 20, col
+    for row in range(2):
+        assert ink[top + row * 130:top + row * 130 + 128, :left].sum() > 20, row
+    assert ink[:top, :left].sum() == 0
 
 
 def test_measure_and_cli(agent, tmp_path, capsys):
@@ -97,7 +107,7 @@ def test_measure_and_cli(agent, tmp_path, capsys):
     result = measure_fidelity(agent, "Breakout", FidelityConfig(horizon=3, contexts=2, max_warmup=5,
                                                                 denoising_steps=1), out_dir=tmp_path / "m")
     json.dumps(result)
-    assert iio.imread(result["strip"]).shape[0] == 2 * 128 + 6
+    assert iio.imread(result["strip"]).shape[0] == STRIP_HEADER_H + 2 + 2 * 128 + 4
 
     path = save_agent(agent, tmp_path / "tiny", metadata={"game": "Breakout"})
     out = tmp_path / "cli"

@@ -55,6 +55,20 @@ def test_summary_and_labels():
         Keymap(("NOOP", "JUMP"))
 
 
+def test_pong_paddle_moves_with_up_and_down():
+    pong = Keymap.for_game("Pong", meanings_of("Pong"))  # ALE: RIGHT raises the paddle, LEFT lowers it
+    held = lambda *keys: buttons_from_keys(set(keys))
+    assert pong.meanings[pong.action(held(pygame.K_UP))] == "RIGHT"
+    assert pong.meanings[pong.action(held(pygame.K_DOWN))] == "LEFT"
+    assert pong.meanings[pong.action(buttons_from_keys(set(), {pygame.KSCAN_S, pygame.KSCAN_SPACE}))] == "LEFTFIRE"
+    assert pong.meanings[pong.action(held(pygame.K_UP, pygame.K_DOWN))] == "NOOP"
+    assert pong.summary() == "Up/W Down/S move, Space fire"
+    assert pong.combo(pong.meanings.index("RIGHTFIRE")) == "Up/W + Space/Z"
+    # the other games keep ALE's directions
+    breakout = Keymap.for_game("Breakout", meanings_of("Breakout"))
+    assert breakout.summary() == "Left/A Right/D move, Space fire" and breakout.action({"UP"}) == 0
+
+
 class FakePad:
     """The part of pygame's Joystick API the player reads: a hat, the left stick and face buttons."""
 

@@ -217,6 +217,49 @@ def test_window_live_controls(agent, tmp_path):
     s.close()
 
 
+def test_game_picker_switches_games_in_place(agent, tmp_path, monkeypatch):
+    """g opens the picker (the game waits), Right then Enter picks Pong: no weights here (an empty Hugging Face
+    cache), so the real Pong plays, with Pong's keys; then Breakout comes back with its shipped weights."""
+    from app.player.launch import game_switcher
+    from training.games import GAME_NAMES
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    seen = {}
+
+    script = Script(
+        (("steps", 3), press(pygame.K_g)),
+        (("frames", 30), press(pygame.K_RIGHT)),  # 13 games a column: Breakout (7) -> Pong (20)
+        (("frames", 2), press(pygame.K_RETURN)),
+        (("steps", 4), press(pygame.K_g)),
+        (("frames", 2), press(pygame.K_LEFT) + press(pygame.K_RETURN)),  # Pong -> Breakout
+        (("steps", 3), press(pygame.K_ESCAPE)),
+    )
+
+    def on_frame(i, player):
+        script(i, player)
+        if len(script.fired) == 1 and player.picker is not None and "picker" not in seen:
+            seen["picker"] = (dict(player.picker.status), player.status.paused, player.steps)
+        if len(script.fired) == 2 and "waited" not in seen:
+            seen["waited"] = player.steps  # 30 frames later: the game did not move on
+        if len(script.fired) == 4 and "pong" not in seen:
+            seen["pong"] = (player.session.game, player.snapshot.mode, player.keymap.summary(),
+                            player.session.dream is None)
+
+    s = session(agent, "imagine", "random")
+    switch = game_switcher(device="cpu", precision="float32", denoising_steps=1)
+    player = Player(s, WindowOptions(end_pause_s=0, fps=50, ui_hz=200, size=128, max_frames=5000, on_frame=on_frame,
+                                     switch_game=switch)).run()
+    assert script.done
+    status, paused, steps = seen["picker"]
+    assert status["Breakout"] == "shipped" and status["Pong"] == "real game only" and len(status) == len(GAME_NAMES)
+    assert paused and seen["waited"] <= steps + 1
+    assert seen["pong"] == ("Pong", "real", "Up/W Down/S move, Space fire", True)
+    assert player.session.game == "Breakout" and player.session.dream is not None  # its shipped weights
+    snap = player.snapshot  # back in the mode and with the controller chosen before Pong
+    assert (snap.game, snap.mode, snap.controller) == ("Breakout", "imagine", "random") and snap.t >= 3
+    s.close()
+
+
 def test_human_tap_between_steps_is_not_lost(agent):
     s = session(agent, "real", "human")
     taps = []
@@ -246,6 +289,11 @@ def test_headless_records_an_mp4_with_one_frame_per_step(weights_file, tmp_path,
     frames = imageio.mimread(out, memtest=False)
     assert len(frames) == 12
     assert frames[0].shape[0] > 64 and frames[0].std() > 5  # the HUD and the frame are drawn
+    from app.player.hud import BG, FOOTER_H
+
+    # no "h: help  Esc: quit" footer: nobody can press keys in a recording (the right of the footer is empty)
+    footer = frames[-1][-FOOTER_H:, frames[-1].shape[1] // 2:, :3].astype(int)
+    assert np.abs(footer - np.array(BG)).max() < 40
     assert "12 steps" in capsys.readouterr().out
     stored = list((tmp_path / "run-episodes").rglob("*.npz"))
     assert stored
@@ -285,6 +333,19 @@ def test_headless_random_real_mode(weights_file, capsys):
     assert rc == 0 and "PSNR" in capsys.readouterr().out
 
 
+def test_real_mode_headless_without_weights_plays_random(tmp_path):
+    """Pong ships no weights and, offline with an empty cache, DIAMOND's cannot be fetched: the real game is
+    still played (by the random controller), and asking for the agent says how to play without one."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    argv = [sys.executable, "-m", "app", "play", "--game", "Pong", "--mode", "real", "--headless", "--steps", "5"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pong (real, random): 5 steps" in proc.stdout and "the random controller plays" in proc.stderr
+    proc = subprocess.run(argv + ["--controller", "agent"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.rstrip().endswith("--controller random"), proc.stderr
+
+
 def test_weights_for_another_game_are_refused_before_any_window(tmp_path, capsys):
     from weights import save_agent
 
@@ -312,12 +373,18 @@ def test_bad_arguments_give_one_line(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_no_display_suggests_headless(weights_file, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+@pytest.mark.parametrize("display", [None, ":77"])  # unset, or naming an X server that is not there
+def test_no_display_suggests_headless(weights_file, tmp_path, display):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER", "XDG_RUNTIME_DIR")}
+    if display:
+        env["DISPLAY"] = display
     proc = subprocess.run([sys.executable, "-m", "app", "play", "--game", GAME, "--weights", str(weights_file)],
                           env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert "--headless" in proc.stderr and "Traceback" not in proc.stderr
+    # our one line only: not SDL's "XDG_RUNTIME_DIR is invalid or not set" before it
+    assert proc.stderr.startswith("dreamarcade play: error: no display") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--headless" in proc.stderr
 
 
 def test_replay_browses_recorded_episodes(weights_file, tmp_path):
@@ -327,21 +394,24 @@ def test_replay_browses_recorded_episodes(weights_file, tmp_path):
     from app.player.replay import run_replay
 
     script = {2: [pygame.K_RIGHT] * 5, 4: [pygame.K_PAGEUP], 6: [pygame.K_END], 8: [pygame.K_HOME],
-              10: [pygame.K_UP]}
-    positions = {}
+              10: [pygame.K_UP], 12: [pygame.K_h]}
+    positions, shown = {}, {}
 
     def on_frame(i, replay):
         for k in script.get(i, ()):
             key(k)
             key(k, down=False)
         positions[i] = (replay.episode, replay.t)
+        shown[i] = (dict(replay.lines())["Action"], replay.help)
 
-    replay = run_replay(tmp_path / "rec-episodes", size=128, max_frames=14, on_frame=on_frame,
-                        meanings=("NOOP", "FIRE", "RIGHT", "LEFT"))
+    # no --game: the recording says which game it is, so actions have their names
+    replay = run_replay(tmp_path / "rec-episodes" / "real", size=128, max_frames=14, on_frame=on_frame)
     assert positions[3] == (0, 5) and positions[5] == (0, 15)
     assert positions[7] == (0, 20)  # the frame after the last step
     assert positions[9] == (0, 0)
-    assert replay.lines()[0][0] == "Episode"
+    action = shown[9][0]
+    assert action.split(" (")[0] in ("NOOP", "FIRE", "RIGHT", "LEFT") and action.endswith(")"), action
+    assert shown[11][1] is False and shown[13][1] is True  # h shows the help
 
 
 def test_window_holds_the_target_rate(agent):

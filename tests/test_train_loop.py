@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,10 @@ def test_tiny_run_killed_again_and_again_keeps_its_budget_and_finishes(tmp_path,
     proc = dreamarcade(*resume)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
-    assert "finished" in out
+    # the end of a run: its return beside a random policy's (Catch: about -0.5), and where the weights are
+    assert "epoch 3/3 steps" in out and "finished: 3 epochs" in out, out
+    assert re.search(r"final test return -?\d\.\d\d over 1 episodes; a random policy: -0\.[45]\d", out), out
+    assert f"weights: {run / 'weights'} (play them: dreamarcade play --weights {run / 'weights'})" in out
 
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     c = ckpt["counters"]
@@ -145,6 +149,35 @@ def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "app", "train", "--run-dir", str(tmp_path / "none"), "--resume"],
                        cwd=ROOT, capture_output=True, text=True, env=ENV)
     assert r.returncode == 2 and "no training run to resume" in r.stderr
+    if not torch.cuda.is_available():  # a device that is not there is refused before the run folder is made
+        r = subprocess.run([sys.executable, "-m", "app", "train", "--game", "Catch", "--device", "cuda",
+                            "--run-dir", str(tmp_path / "cuda")], cwd=ROOT, capture_output=True, text=True, env=ENV)
+        assert r.returncode == 2 and "no CUDA device" in r.stderr and not (tmp_path / "cuda").exists()
+
+
+def test_train_help_names_every_preset():
+    from app.commands.train import PRESETS as CLI_PRESETS
+
+    assert CLI_PRESETS == tuple(PRESETS)  # the CLI checks names before importing torch
+    r = subprocess.run([sys.executable, "-m", "app", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       env=ENV)
+    for name in PRESETS:
+        assert f"\n  {name} " in r.stdout, name  # described in the presets list
+
+
+def test_time_left_counts_a_regular_epoch_not_the_first():
+    """The first epoch does many more updates (catch: 300/500/80 instead of 40/40/30): the estimate after it
+    counts each model's seconds per update at the regular number, plus the epoch's other work."""
+    from types import SimpleNamespace
+
+    from training.session import Session
+
+    s = SimpleNamespace(cfg=get_preset("catch"),
+                        _update_s={"denoiser": (30.0, 300), "rew_end": (25.0, 500), "actor_critic": (40.0, 80)})
+    # 95 s of updates + 5 s of collection and saving; a regular epoch: 40 x 0.1 + 40 x 0.05 + 30 x 0.5 + 5 s
+    assert Session._epoch_estimate(s, 100.0) == pytest.approx(26.0)
+    s._update_s = {"denoiser": (4.0, 40), "rew_end": (2.0, 40), "actor_critic": (15.0, 30)}
+    assert Session._epoch_estimate(s, 26.0) == pytest.approx(26.0)  # a regular epoch predicts itself
 
 
 def test_presets_round_trip_through_json():

@@ -225,21 +225,47 @@ def compare(real: Rollouts, fake: Rollouts) -> dict:
     }
 
 
+STRIP_LABEL_W = 76  # left margin of the strip, for the row names
+STRIP_HEADER_H = 18  # top margin, for the step numbers
+
+
 def strip_image(real: Rollouts, fake: Rollouts, index: int = 0, columns: int = 10, scale: int = 2) -> np.ndarray:
-    """(H, W, 3) uint8: the last context frame then evenly spaced steps; real row above, imagined below."""
+    """(H, W, 3) uint8: the last context frame then evenly spaced steps; real row above, imagined below,
+    the step number over each column ("context" over the first) and "real" / "imagined" beside the rows.
+    Frames start at (STRIP_HEADER_H + 2, STRIP_LABEL_W + 2), `scale` pixels per frame pixel, 2 apart."""
     valid_steps = int(real.valid[index].sum())
     steps = sorted({int(round(x)) for x in np.linspace(1, max(1, valid_steps), min(columns, max(1, valid_steps)))})
     c = real.context_length
     cols = [c - 1] + [c - 1 + t for t in steps]
     pad = 2
     side = real.obs.shape[-1] * scale
-    out = np.full((2 * side + 3 * pad, len(cols) * (side + pad) + pad, 3), 255, dtype=np.uint8)
+    top, left = STRIP_HEADER_H + pad, STRIP_LABEL_W + pad
+    out = np.full((top + 2 * side + 2 * pad, left + len(cols) * (side + pad), 3), 255, dtype=np.uint8)
     for row, roll in enumerate((real, fake)):
         for k, t in enumerate(cols):
             img = roll.obs[index, t].permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1)
-            y, x = pad + row * (side + pad), pad + k * (side + pad)
+            y, x = top + row * (side + pad), left + k * (side + pad)
             out[y:y + side, x:x + side] = img
-    return out
+    headers = ["context"] + [f"step {t}" for t in steps]
+    rows = [("real", top + side // 2), ("imagined", top + side + pad + side // 2)]
+    return _label(out, [(h, left + k * (side + pad) + side // 2, top // 2) for k, h in enumerate(headers)]
+                  + [(name, left // 2, y) for name, y in rows])
+
+
+def _label(image: np.ndarray, texts: list[tuple[str, int, int]]) -> np.ndarray:
+    """Writes each (text, x, y) centred at (x, y), in dark grey, on a copy of image (H, W, 3) uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    for text, x, y in texts:
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        draw.text((x - (x1 + x0) // 2, y - (y1 + y0) // 2), text, fill=(40, 40, 40), font=font)
+    return np.asarray(canvas).copy()
 
 
 def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), out_dir: str | Path | None = None) -> dict:

@@ -46,6 +46,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         s.counters = broadcast_object(s.counters, world)
         c = s.counters
         last_epoch = c.num_epochs if max_epochs is None else min(max_epochs, c.num_epochs)
+        s.last_epoch = last_epoch
         for epoch in range(c.epoch + 1, last_epoch + 1):
             t0 = time.perf_counter()
             laps = [("start", t0)]  # phase ends: the epoch's time split in the metrics (time/{phase}_s)
@@ -55,15 +56,15 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
             barrier(world)
             s.store.refresh()  # other ranks: pick up the episodes rank 0 just wrote
             means = Means()
-            for _ in _updates("denoiser", cfg.denoiser, epoch, c, s.progress):
+            for _ in _updates("denoiser", cfg.denoiser, epoch, s):
                 batch = samplers["denoiser"].sample().to(dev)
                 means.add("denoiser", denoiser_update(agent, batch, optims["denoiser"]))
             lap("denoiser")
-            for _ in _updates("rew_end", cfg.rew_end, epoch, c, s.progress):
+            for _ in _updates("rew_end", cfg.rew_end, epoch, s):
                 batch = samplers["rew_end"].sample().to(dev)
                 means.add("rew_end", rew_end_update(agent, batch, optims["rew_end"]))
             lap("rew_end")
-            for _ in _updates("actor_critic", cfg.actor_critic, epoch, c, s.progress):
+            for _ in _updates("actor_critic", cfg.actor_critic, epoch, s):
                 m, ac_state = actor_critic_update(agent, imagination, optims["actor_critic"], cfg.imagination,
                                                   ac_state)
                 means.add("actor_critic", m)
@@ -104,12 +105,18 @@ def _contexts(sampler: SegmentSampler, n: int, device):
     return batch.obs.to(device), batch.act.to(device)
 
 
-def _updates(model: str, mcfg: ModelTraining, epoch: int, counters, progress: bool):
-    """The epoch's updates of one model (`steps_first_epoch` in epoch 1, else `steps_per_epoch`), counted."""
+def _updates(model: str, mcfg: ModelTraining, epoch: int, s: Session):
+    """The epoch's updates of one model (`steps_first_epoch` in epoch 1, else `steps_per_epoch`), counted and
+    timed (the session's time-left estimate counts each model's updates at their regular number)."""
+    c = s.counters
     n = mcfg.steps_first_epoch if epoch == 1 else mcfg.steps_per_epoch
-    counters.updates[model] += n
-    return tqdm(range(n), desc=f"epoch {epoch}/{counters.num_epochs} {model}", leave=False,
-                disable=not progress, dynamic_ncols=True)
+    c.updates[model] += n
+    last = s.last_epoch or c.num_epochs
+    of = f" (of {c.num_epochs})" if last != c.num_epochs else ""
+    t0 = time.perf_counter()
+    yield from tqdm(range(n), desc=f"epoch {epoch}/{last}{of} {model}", leave=False, disable=not s.progress,
+                    dynamic_ncols=True)
+    s.update_seconds[model] = (time.perf_counter() - t0, n)
 
 
 class Means:

@@ -72,6 +72,8 @@ class Session:
         self.generator.manual_seed(cfg.seed + 7919 * world.rank)
         self._t_start = self._t_plot = time.perf_counter()
         self._unplotted = False
+        self.last_epoch = 0  # where this session stops (training.loop sets it: --epochs or the run's end)
+        self.update_seconds: dict[str, tuple[float, int]] = {}  # model -> (seconds, updates) of its last epoch
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
@@ -181,14 +183,26 @@ class Session:
         c = self.counters
         if c.epoch == 0:
             return
-        left = (c.num_epochs - c.epoch) * c.seconds / c.epoch
+        last = self.last_epoch or c.num_epochs
+        epoch_s = metrics.get("time/epoch_s", c.seconds / c.epoch) + time.perf_counter() - self._t_start  # + saving
+        left = (last - c.epoch) * self._epoch_estimate(epoch_s)
         shown = {k: v for k, v in metrics.items() if "/loss" in k and "test" not in k or k.endswith("return_mean")}
         text = " ".join(f"{k.split('/')[0][:8]}.{k.split('/')[-1]}={v:.3g}" for k, v in shown.items())
-        line = f"epoch {c.epoch}/{c.num_epochs} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, ~{_hms(left)} left"
+        of = f" (of {c.num_epochs})" if last != c.num_epochs else ""
+        line = (f"epoch {c.epoch}/{last}{of} steps {c.real_steps} | {text} | {_hms(c.seconds)} elapsed, "
+                f"~{_hms(left)} left")
         if self.progress:
             tqdm.write(line)
         else:
             print(line, flush=True)
+
+    def _epoch_estimate(self, epoch_s: float) -> float:
+        """Seconds a coming epoch should take: the last epoch's time with its updates counted at the regular
+        number per epoch (the first epoch does many more, and the initial collection is not repeated)."""
+        for model, (seconds, n) in self.update_seconds.items():
+            if n:
+                epoch_s += (seconds / n) * (getattr(self.cfg, model).steps_per_epoch - n)
+        return max(epoch_s, 0.0)
 
     def finish(self, final: dict, eval_seed: int) -> dict:
         """Logs the final evaluation (played with `eval_seed`) and marks the run finished -> its summary."""

@@ -44,6 +44,7 @@ def read_diamond_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFound(f"{path}: no such checkpoint file")
+    _check_torch_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -58,6 +59,23 @@ def read_diamond_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UserError(f"{path}: not a DIAMOND agent checkpoint (expected a dict of tensors, got {type(state).__name__})")
     return state
+
+
+def _check_torch_file(path: Path) -> None:
+    """ValueError saying what the file is when it is not a torch checkpoint at all (torch.load would call
+    any such file "pickled objects other than tensors")."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle (torch's legacy format)
+        return
+    if not head:
+        raise UserError(f"{path}: not a valid PyTorch checkpoint: the file is empty")
+    if len(head) > 8 and head[8:9] == b"{":
+        raise UserError(f"{path}: a safetensors file, not a PyTorch checkpoint: name it .safetensors")
+    raise UserError(f"{path}: not a PyTorch checkpoint (zip or pickle) nor a safetensors file: "
+                     f"it starts with bytes {head[:8].hex(' ')}")
 
 
 def diamond_num_actions(state: dict, where: str) -> int:

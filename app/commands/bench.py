@@ -22,8 +22,8 @@ examples:
   dreamarcade bench --json bench.json
   dreamarcade bench --quick --only play
   dreamarcade bench --device cuda --json bench-gpu.json      (a GPU, with epoch_s: one real atari100k epoch)
-  dreamarcade bench --only epoch --preset tiny --game Catch --batch-size 2 --epoch-updates 2   (its smoke test)
-  dreamarcade bench --quick --preset tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
+  dreamarcade bench --only epoch --model tiny --game Catch --batch-size 2 --epoch-updates 2   (its smoke test)
+  dreamarcade bench --quick --model tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
 """
 
 PARTS = ("play", "denoiser", "rew_end", "imagination", "collect", "epoch")
@@ -36,8 +36,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="timed runs per measurement, after warm-up (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer and shorter runs (noisier)")
-    p.add_argument("--preset", default="atari100k",
-                   help="model size (default atari100k, the reference's; tiny for smoke tests)")
+    p.add_argument("--model", default="atari100k", metavar="SIZE",
+                   help="model size: atari100k (default, the reference's), small, tiny (smoke tests); "
+                        "not a training one of `train`")
+    p.add_argument("--preset", dest="model", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
                    help=f"measure only these: {', '.join(PARTS)} (default: all; epoch, a real atari100k training "
                         "epoch, only on a GPU)")
@@ -66,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from app.bench import run_bench, table
     from model.presets import PRESETS
 
-    if args.preset not in PRESETS:
-        raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if args.model not in PRESETS:
+        raise UserError(f"unknown model size {args.model!r}; choose one of: {', '.join(PRESETS)}")
     if args.repeats is not None and args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     if args.batch_size < 1:
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--epoch-updates must be at least 1, got {args.epoch_updates}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    from app.player.launch import resolve_device
+    from app.device import resolve_device
 
     device = resolve_device(args.device)
     parts = args.only or [p for p in PARTS if p != "epoch" or torch.device(device).type == "cuda"]
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(args.threads or threads)
-        report = run_bench(preset=args.preset, quick=args.quick, repeats=args.repeats, include=tuple(parts),
+        report = run_bench(preset=args.model, quick=args.quick, repeats=args.repeats, include=tuple(parts),
                            game=args.game, batch_size=args.batch_size, device=device,
                            epoch_updates=args.epoch_updates, **policies,
                            log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -41,7 +41,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="cut each test episode after this many steps (quick checks; the protocol has no cut)")
     p.add_argument("--num-envs", type=int, default=8, help="episodes played in parallel (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of envs, policy sampling and bootstrap (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, mps (default: the best present, CUDA, then MPS, then cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON to OUT")
@@ -66,17 +67,38 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """What the user typed, checked before torch is imported (that alone takes seconds)."""
+    if not args.game:
+        raise UserError("--game is required (or use --aggregate RESULTS.json)")
+    from training.games import resolve_game
+
+    resolve_game(args.game)  # an unknown name fails here, with the closest names
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.fidelity and (args.horizon < 1 or args.contexts < 1):
+        raise UserError("--horizon and --contexts must be at least 1")
+    if args.fidelity and args.denoising_steps is not None and args.denoising_steps < 1:
+        raise UserError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
+    if not args.fidelity and (args.episodes < 1 or args.num_envs < 1):
+        raise UserError("--episodes and --num-envs must be at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, not {args.max_steps}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.aggregate:
         return _run_aggregate(args)
-    if not args.game:
-        raise UserError("--game is required (or use --aggregate RESULTS.json)")
+    _check_args(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
+    from app.device import describe_device, resolve_device
+
+    device = resolve_device(args.device)
+    print(describe_device(device, args.device), flush=True)
+    args.device = str(device)
     if args.fidelity:
         return _run_fidelity(args)
     return _run_episodes(args)
@@ -151,8 +173,6 @@ def _run_aggregate(args: argparse.Namespace) -> int:
 def _run_episodes(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_weights
 
-    if args.episodes < 1 or args.num_envs < 1:
-        raise UserError("--episodes and --num-envs must be at least 1")
     result = evaluate_weights(args.weights, args.game, episodes=args.episodes, seed=args.seed,
                               num_envs=args.num_envs, device=args.device,
                               max_episode_steps=args.max_steps, progress=True)
@@ -174,8 +194,6 @@ def _run_episodes(args: argparse.Namespace) -> int:
 def _run_fidelity(args: argparse.Namespace) -> int:
     from training.fidelity import FidelityConfig, measure_fidelity_of_weights
 
-    if args.horizon < 1 or args.contexts < 1:
-        raise UserError("--horizon and --contexts must be at least 1")
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
                          denoising_steps=args.denoising_steps, policy=args.policy,
                          precision=args.precision)

@@ -1,11 +1,11 @@
-"""`dreamarcade games`: the 26 Atari 100k games and where their weights would come from."""
+"""`dreamarcade games`: the 26 Atari 100k games, the toy game Catch, and where their weights would come from."""
 from __future__ import annotations
 
 import argparse
 
 DESCRIPTION = """\
-List the supported games, their number of actions, and where `dreamarcade play --game GAME`
-takes weights from: weights shipped with dreamarcade, DIAMOND's released agent already in the
+List the supported games (the 26 of Atari 100k and the toy game Catch), their number of actions, and
+where `dreamarcade play --game GAME` takes weights from: weights shipped with dreamarcade, DIAMOND's released agent already in the
 Hugging Face cache, or DIAMOND's released agent downloaded on first use. No network is used.
 """
 
@@ -30,7 +30,11 @@ def weights_origin(game: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from training.games import GAME_NAMES, MINIMAL_ACTION_COUNTS
 
+    from training.toy_env import ACTION_MEANINGS, TOY_GAMES
+
     rows = [{"game": g, "actions": MINIMAL_ACTION_COUNTS[g], "weights": weights_origin(g)} for g in GAME_NAMES]
+    toy = "none: a toy game to train on (train --preset catch)"
+    rows += [{"game": g, "actions": len(ACTION_MEANINGS), "weights": toy} for g in TOY_GAMES]
     if args.json:
         import json
 

@@ -13,7 +13,8 @@ side by side with the same actions (compare). You or the agent play; switch at a
 
 keys: arrows/WASD move, Space fires (hold several for diagonals); h or F1 shows every key; Esc quits.
       p pause, n single step, r reset, m mode, Tab controller, y re-sync the dream with the real game,
-      [ ] imagination horizon, - = denoising steps, x screenshot, v record (mp4 + episodes), o 210x160 frame.
+      [ ] imagination horizon, - = denoising steps, x screenshot, v record (mp4 + episodes), o 210x160 frame,
+      g choose another game (the ones with weights here play in the dream, the others in the real game).
 
 examples:
   dreamarcade play --game Breakout                          (imagine mode, you play)
@@ -33,14 +34,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--mode", choices=("imagine", "real", "compare"), default="imagine",
                    help="imagine: inside the world model (default); real: the emulator; compare: both side by side")
     p.add_argument("--controller", choices=("human", "agent", "random"), default=None,
-                   help="who plays (default: human in a window, agent with --headless)")
+                   help="who plays (default: human in a window; with --headless the agent, or random in real "
+                        "mode for a game without weights)")
     p.add_argument("--denoising-steps", type=int, default=None, metavar="N",
                    help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the model's, 3)")
     p.add_argument("--horizon", type=int, default=0, metavar="N",
                    help="imagined steps before the dream restarts from real frames (compare: re-syncs); "
                         "0: never (default)")
     p.add_argument("--fps", type=float, default=15.0, help="agent steps per second (default 15, as the reference)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, mps (default: the best present, CUDA, then MPS, then cpu)")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="world model and agent precision: auto (default) is bfloat16 where the device runs it "
                         "natively (recent CPUs, GPUs), else float32, the reference's exact numbers")
@@ -68,6 +71,11 @@ def _panel_size(size: int | None, default: int) -> int:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    """What the user typed, checked before torch is imported (that alone takes seconds)."""
+    if args.game:
+        from training.games import resolve_game
+
+        resolve_game(args.game)  # an unknown name fails here, with the closest names
     if args.fps <= 0:
         raise UserError(f"--fps must be positive, not {args.fps:g}")
     if args.denoising_steps is not None and args.denoising_steps < 1:
@@ -94,29 +102,30 @@ def run(args: argparse.Namespace) -> int:
         from app.player.replay import run_replay
 
         meanings = None
-        if args.game:  # action names instead of numbers
+        if args.game:  # else the recording (or the training run) names its game
             from training.games import resolve_game
-            from app.player.sources import make_real_env
+            from app.player.replay import game_action_names
 
-            env = make_real_env(resolve_game(args.game))
-            meanings = tuple(env.unwrapped.get_action_meanings())
-            env.close()
+            meanings = game_action_names(resolve_game(args.game))
         run_replay(args.replay, size=_panel_size(args.size, 512), meanings=meanings, fps=args.fps)
         return 0
-    if args.controller is None:
-        args.controller = "agent" if args.headless else "human"
+    if args.controller is None and not args.headless:
+        args.controller = "human"  # headless: the agent, or random in real mode when there are no weights
     if args.headless:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # fonts and surfaces only, never a window
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+    from app.device import describe_device, resolve_device
     from app.player.launch import build_session
 
+    device = resolve_device(args.device)
+    print(describe_device(device, args.device), flush=True)
     if not args.headless:
-        from app.player.player import check_display
+        from app.player.display import check_display
 
         check_display()  # before loading weights, which may take a while
     session = build_session(
-        game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=args.device,
+        game=args.game, weights=args.weights, mode=args.mode, controller=args.controller, device=str(device),
         denoising_steps=args.denoising_steps, horizon=args.horizon, precision=args.precision, seed=args.seed,
         sample_rew_end=args.sample_rew_end,
     )
@@ -149,7 +158,12 @@ def _run_headless(session, args: argparse.Namespace) -> int:
 def _run_window(session, args: argparse.Namespace) -> int:
     from app.player.player import Player, WindowOptions
 
-    options = WindowOptions(fps=args.fps, size=_panel_size(args.size, 512), out_dir=args.out_dir, record=args.record)
+    from app.player.launch import game_switcher
+
+    switch = game_switcher(device=session.device, denoising_steps=args.denoising_steps, horizon=args.horizon,
+                           precision=args.precision, seed=args.seed, sample_rew_end=args.sample_rew_end)
+    options = WindowOptions(fps=args.fps, size=_panel_size(args.size, 512), out_dir=args.out_dir, record=args.record,
+                            switch_game=switch)
     player = Player(session, options).run()
     for path in player.videos:
         print(f"recorded {path}")

@@ -11,29 +11,36 @@ A run directory holds config.json, metrics.jsonl, tensorboard/, plots/*.png, che
 them with `dreamarcade play --weights RUN/weights`) and the episode store. Kill it at any moment and
 continue with --resume; a finished run says so.
 
-presets:
+presets (--preset):
   atari100k   the paper: 100k real steps, 1000 epochs, reference-size models (days on one GPU)
   consumer    the paper's models and data with a quarter of the updates (about a day on one consumer GPU)
+  cpu         the `small` model on an Atari game with a CPU budget (how the shipped Breakout weights were made)
   tiny        a tiny model and a few hundred real steps: end to end on a CPU in minutes (smoke test)
   catch       for the toy game Catch (--game Catch): learns to catch the ball in a few CPU minutes
 
 examples:
   dreamarcade train --game Catch --preset catch --run-dir runs/catch
+  dreamarcade train --game Breakout --preset cpu --run-dir runs/bk-cpu
   dreamarcade train --game Breakout --preset tiny --run-dir runs/smoke
   dreamarcade train --game Breakout --run-dir runs/breakout --resume
   torchrun --nproc_per_node 4 -m app train --game Breakout --run-dir runs/breakout   (data-parallel)
   dreamarcade train --game Breakout --dataset recordings/ --run-dir runs/wm   (world model from episodes)
 """
 
+# The names of training.presets.PRESETS, checked here before torch is imported (tests keep the two equal).
+PRESETS = ("atari100k", "consumer", "cpu", "tiny", "catch")
+
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--game", help="game name, e.g. Breakout (see `dreamarcade games`), or Catch (toy game)")
-    p.add_argument("--preset", default=None, help="atari100k (default), consumer, tiny, catch")
+    p.add_argument("--preset", default=None, metavar="PRESET",
+                   help=f"training preset: {', '.join(PRESETS)} (default atari100k; catch for --game Catch)")
     p.add_argument("--run-dir", metavar="DIR", help="where the run lives (default runs/GAME-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    p.add_argument("--device", default=None, help="torch device: cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="torch device: cpu, cuda, cuda:1, mps (default: the best present, CUDA, then MPS, then cpu)")
     p.add_argument("--dataset", metavar="DIR",
                    help="static-dataset mode: train the world model and reward/end model on the episode store in "
                         "DIR (no environment, no actor-critic)")
@@ -46,41 +53,105 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def run(args) -> int:
-    import dataclasses
     import os
     from pathlib import Path
+
+    # Everything the user typed is checked before torch is imported (that alone takes seconds).
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, not {args.threads}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    if args.resume:
+        if not args.run_dir:
+            raise UserError("--resume needs --run-dir DIR (the run to continue)")
+        game = preset = None
+    else:
+        if not args.game:
+            raise UserError("--game is required (e.g. --game Breakout; `dreamarcade games` lists them)")
+        game = _game_name(args.game, args.dataset)
+        preset = args.preset or ("catch" if game == "Catch" else "atari100k")
+        args.run_dir = args.run_dir or str(Path("runs") / f"{game}-{preset}")
+    main_rank = os.environ.get("RANK", "0") == "0"
+
+    import dataclasses
+
+    from app.device import describe_device, resolve_device
+
+    device = resolve_device(args.device)  # before the run folder exists: a wrong device leaves nothing behind
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if main_rank:
+        print(describe_device(device, args.device), flush=True)
 
     from training.loop import train
     from training.presets import get_preset
     from training.run_dir import RunDir
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.resume:
-        if not args.run_dir:
-            raise UserError("--resume needs --run-dir DIR (the run to continue)")
-        cfg = None
-    else:
-        if not args.game:
-            raise UserError("--game is required (e.g. --game Breakout; `dreamarcade games` lists them)")
-        preset = args.preset or ("catch" if args.game.lower() == "catch" else "atari100k")
-        cfg = get_preset(preset)
-        cfg = dataclasses.replace(cfg, game=_game_name(args.game, args.dataset), seed=args.seed)
-        args.run_dir = args.run_dir or str(Path("runs") / f"{cfg.game}-{preset}")
+    cfg = None
+    if preset is not None:
+        cfg = dataclasses.replace(get_preset(preset), game=game, seed=args.seed)
     run_dir = RunDir(args.run_dir)
     if run_dir.is_finished:
         print(f"{run_dir.path}: this run is finished (see {run_dir.finished_path}); "
               f"its weights are in {run_dir.weights_path}")
         return 0
-    summary = train(cfg, run_dir, device=args.device, resume=args.resume, dataset=args.dataset,
+    summary = train(cfg, run_dir, device=str(device), resume=args.resume, dataset=args.dataset,
                     max_epochs=args.epochs, progress=not args.no_progress)
-    if summary.get("finished") and os.environ.get("RANK", "0") == "0":
-        print(f"finished: weights in {run_dir.weights_path}, metrics in {run_dir.metrics_path}")
+    if main_rank:
+        print(_summary(summary, run_dir, args.epochs))
     return 0
+
+
+def _summary(summary: dict, run_dir, asked_epochs: int | None) -> str:
+    """The end of a run in a few lines: how far it went, the agent's test return beside a random policy's,
+    and where the weights are."""
+    epoch = summary["epoch"]
+    if summary.get("finished"):
+        head = f"finished: {epoch} epochs"
+        if asked_epochs is not None and asked_epochs > epoch:
+            head += f" (all the run has; --epochs {asked_epochs} asked for more)"
+        ret, episodes, what = summary.get("final/return_mean"), summary.get("final/episodes"), "final test"
+    else:
+        head = f"stopped after epoch {epoch} (--epochs {asked_epochs}); continue with --resume"
+        tests = [row for row in run_dir.read_metrics() if "test/return_mean" in row]
+        last = tests[-1] if tests else {}
+        ret, episodes = last.get("test/return_mean"), last.get("test/episodes")
+        what = f"test at epoch {last.get('epoch', 0):g}"
+    lines = [head]
+    if ret is not None:
+        game = run_dir.read_config()["train"]["game"]
+        random_ret, how = _random_return(game)
+        lines.append(f"{what} return {ret:.2f} over {episodes:g} episodes; a random policy: {random_ret:.2f} ({how})")
+    lines.append(f"weights: {run_dir.weights_path} (play them: dreamarcade play --weights {run_dir.weights_path})")
+    lines.append(f"metrics: {run_dir.metrics_path}, plots in {run_dir.plots_path}")
+    return "\n".join(lines)
+
+
+def _random_return(game: str) -> tuple[float, str]:
+    """A uniform random policy's mean return: the Atari 100k constant, or for Catch measured on 500 games."""
+    from training.games import RANDOM_SCORES
+
+    if game in RANDOM_SCORES:
+        return RANDOM_SCORES[game], "the Atari 100k constant"
+    import random
+
+    from training.atari_env import make_env
+
+    env, rng, total, episodes = make_env(game, train=False, seed=0), random.Random(0), 0.0, 500
+    try:
+        for _ in range(episodes):
+            env.reset()
+            done = False
+            while not done:
+                _, rew, term, trunc, _ = env.step(rng.randrange(env.action_space.n))
+                total, done = total + float(rew), term or trunc
+    finally:
+        env.close()
+    return total / episodes, f"measured over {episodes} games"
 
 
 def _game_name(name: str, dataset: str | None) -> str:

@@ -36,11 +36,11 @@ def run_headless(session: Session, steps: int, record: Path | None = None, fps: 
     if steps < 1:
         raise UserError(f"--steps must be at least 1, not {steps}")
     video = VideoRecorder(record, fps) if record is not None else None
-    episodes = EpisodeRecorder(episodes_dir) if episodes_dir is not None else None
+    episodes = EpisodeRecorder(episodes_dir, session.game, session.meanings) if episodes_dir is not None else None
     hud = surface = None
     if video is not None:
         pygame.font.init()
-        hud = Hud(size, Keymap(session.meanings))
+        hud = Hud(size, Keymap.for_game(session.game, session.meanings), interactive=False)
         surface = pygame.Surface(hud.window_size(len(session.snapshot().panels)))
     status = Status(fps_target=None)
     returns, latencies, psnrs = [], [], []

@@ -14,7 +14,8 @@ import pygame
 from app.player.keymap import Keymap
 from app.player.session import Snapshot
 
-HEADER_H = 124
+HEADER_H = 136
+ROW_H = 22  # five rows of figures in the header
 FOOTER_H = 26
 GAP = 8
 BG = (16, 18, 24)
@@ -38,6 +39,7 @@ CONTROLS = (
     ("F12 / x", "screenshot (PNG)"),
     ("v", "start / stop recording (mp4 + episodes)"),
     ("o", "show the full-resolution real frame"),
+    ("g", "choose another game"),
 )
 
 
@@ -48,11 +50,20 @@ class Status:
     fps_target: float | None  # None: no target (headless runs as fast as it can)
     fps_reached: float = 0.0
     paused: bool = False
-    recording: bool = False
+    recording_s: float | None = None  # seconds since recording started; None: not recording
     help: bool = False
     original: bool = False
     message: str = ""
     busy: bool = False  # a model step is in flight
+
+
+def fit_panel(size: int, num_panels: int, room: tuple[int, int] | None) -> int:
+    """The panel size for `num_panels` side by side in a window that fits in `room` (width, height) pixels:
+    `size` when it fits, else the largest multiple of 64 that does (whole screen pixels per frame pixel)."""
+    if room is None:
+        return size
+    fits = min(size, (room[0] - (num_panels - 1) * GAP) // num_panels, room[1] - HEADER_H - FOOTER_H)
+    return fits if fits == size or fits < 64 else max(64, fits // 64 * 64)
 
 
 def _fmt(x: float | None, spec: str, none: str = "-") -> str:
@@ -66,11 +77,13 @@ def _fmt(x: float | None, spec: str, none: str = "-") -> str:
 class Hud:
     """Lays out one or two frame panels under a header; `window_size(mode)` gives the surface size."""
 
-    def __init__(self, size: int, keymap: Keymap):
+    def __init__(self, size: int, keymap: Keymap, interactive: bool = True):
+        """interactive False (headless recordings): no key hints in the footer, nobody can press them."""
         if not pygame.font.get_init():
             pygame.font.init()
         self.size = size
         self.keymap = keymap
+        self.interactive = interactive
         self.font = pygame.font.Font(None, 22)
         self.small = pygame.font.Font(None, 18)
         self.big = pygame.font.Font(None, 30)
@@ -135,36 +148,32 @@ class Hud:
             latency += " bf16"
         cols = [
             [("Game", snap.game, FG), ("Mode", snap.mode, ACCENT), ("Control", snap.controller, FG),
-             ("Step", str(snap.t), FG)],
+             ("Step", str(snap.t), FG), ("Device", snap.device, FG)],
             [("Reward", _fmt(snap.rew, "+g"), FG), ("Return", _fmt(snap.ret, "g"), FG),
-             ("Action", snap.action_name, FG), ("Value", _fmt(snap.value, ".2f"), FG)],
-            [("FPS", fps_text, fps_color),
-             ("Model", latency, FG),
-             ("Denoise", denoise, FG),
+             ("Action", snap.action_name, FG), ("Value", _fmt(snap.value, ".2f"), FG),
              ("Entropy", _fmt(snap.entropy_bits, ".2f") + (" bits" if snap.entropy_bits is not None else ""), FG)],
-            [("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG),
-             ("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG),
+            [("FPS", fps_text, fps_color), ("Model", latency, FG), ("Denoise", denoise, FG),
+             ("Horizon", horizon, FG), ("Synced", f"{snap.since_sync} steps ago" if snap.mode != "real" else "-", FG)],
+            [("PSNR", _fmt(snap.psnr_db, ".1f") + (" dB" if snap.psnr_db not in (None, math.inf) else ""), FG),
              ("Mean", _fmt(snap.psnr_mean_db, ".1f") + (" dB" if snap.psnr_mean_db is not None else ""), FG)],
         ]
         col_w = (surface.get_width() - 16) // len(cols)
         for c, rows in enumerate(cols):
             for r, (name, value, color) in enumerate(rows):
-                x, y = 8 + c * col_w, 8 + r * 24
+                x, y = 8 + c * col_w, 8 + r * ROW_H
                 surface.blit(self._text(name, DIM, self.small), (x, y + 3))
                 surface.blit(self._text(value, color), (x + 62, y))
-        flags = []
+        # the last column's free rows: while recording a red dot, REC and the time recorded; PAUSED below
+        right = surface.get_width() - 8
+        if status.recording_s is not None:
+            seconds = int(status.recording_s)
+            s = self._text(f"REC {seconds // 60}:{seconds % 60:02d}", RED, self.big)
+            y = 8 + 2 * ROW_H
+            surface.blit(s, (right - s.get_width(), y))
+            pygame.draw.circle(surface, RED, (right - s.get_width() - 12, y + s.get_height() // 2 - 1), 7)
         if status.paused:
-            flags.append(("PAUSED", ACCENT))
-        if status.recording:
-            flags.append(("REC", RED))
-        x = surface.get_width() - 8
-        for text, color in flags:
-            s = self._text(text, color, self.big)
-            x -= s.get_width()
-            surface.blit(s, (x, HEADER_H - 24))
-            x -= 12
-        if status.recording:
-            pygame.draw.circle(surface, RED, (x, HEADER_H - 13), 7)
+            s = self._text("PAUSED", ACCENT, self.big)
+            surface.blit(s, (right - s.get_width(), 8 + 3 * ROW_H + 8))
 
     def _footer(self, surface: pygame.Surface, snap: Snapshot, status: Status) -> None:
         y = HEADER_H + self.size + 5
@@ -174,7 +183,9 @@ class Hud:
             text = self._text(message, ACCENT)
             surface.blit(text, (8, y))
             used += text.get_width() + 24
-        hint = self._text(f"{self.keymap.summary()}   h: help   Esc: quit", DIM, self.small)
+        if not self.interactive:
+            return
+        hint = self._text(f"{self.keymap.summary()}   h: help   g: game   Esc: quit", DIM, self.small)
         if used + hint.get_width() + 8 <= surface.get_width():
             surface.blit(hint, (surface.get_width() - hint.get_width() - 8, y + 3))
 
@@ -182,7 +193,7 @@ class Hud:
         shade = pygame.Surface(surface.get_size(), pygame.SRCALPHA)
         shade.fill((8, 9, 12, 238))
         surface.blit(shade, (0, 0))
-        surface.blit(self._text("Controls", ACCENT, self.big), (16, 10))
+        surface.blit(self._text("Controls (the game is paused; h or F1 goes back to it)", ACCENT, self.big), (16, 10))
         for i, (key, what) in enumerate(CONTROLS):
             surface.blit(self._text(key, ACCENT, self.small), (16, 40 + i * 18))
             surface.blit(self._text(what, FG, self.small), (100, 40 + i * 18))

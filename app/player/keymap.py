@@ -34,6 +34,12 @@ BUTTON_SCANCODES: dict[str, tuple[int, ...]] = {
 BUTTON_LABELS = {"UP": "Up/W", "DOWN": "Down/S", "LEFT": "Left/A", "RIGHT": "Right/D", "FIRE": "Space/Z"}
 GAMEPAD_DEADZONE = 0.5
 
+# Games whose ALE actions RIGHT and LEFT move the player up and down on screen: there Up and Down press them
+# (and still Right and Left). Among the 26 only Pong (RIGHT raises the paddle): checked by stepping each game
+# whose minimal actions have LEFT and RIGHT but no UP or DOWN (Breakout, DemonAttack and Pong).
+VERTICAL_GAMES = frozenset({"Pong"})
+_TURNED = {"UP": "RIGHT", "DOWN": "LEFT"}  # the button held -> the ALE button it presses, in those games
+
 
 def action_buttons(meaning: str) -> frozenset[str]:
     """'UPLEFTFIRE' -> {'UP', 'LEFT', 'FIRE'}; 'NOOP' -> {}. Raises ValueError on an unknown name."""
@@ -56,10 +62,20 @@ class Keymap:
     """Maps held buttons to an action index of one game's minimal action set."""
 
     meanings: tuple[str, ...]
+    vertical: bool = False  # the game's RIGHT/LEFT move up/down (VERTICAL_GAMES): Up/Down press them
 
     def __post_init__(self) -> None:
         for m in self.meanings:
             action_buttons(m)  # validates
+
+    @classmethod
+    def for_game(cls, game: str, meanings: tuple[str, ...]) -> "Keymap":
+        return cls(tuple(meanings), vertical=game in VERTICAL_GAMES)
+
+    def _label(self, button: str) -> str:
+        if self.vertical and button in ("RIGHT", "LEFT"):
+            return BUTTON_LABELS["UP" if button == "RIGHT" else "DOWN"]
+        return BUTTON_LABELS[button]
 
     @property
     def num_actions(self) -> int:
@@ -68,6 +84,8 @@ class Keymap:
     def action(self, held: frozenset[str] | set[str]) -> int:
         """The action index for the held buttons (0, NOOP, when nothing matches at all)."""
         held = frozenset(held)
+        if self.vertical:
+            held = frozenset(_TURNED.get(b, b) for b in held)
         # Opposite directions cancel, as on a real joystick.
         if {"UP", "DOWN"} <= held:
             held -= {"UP", "DOWN"}
@@ -82,12 +100,14 @@ class Keymap:
     def combo(self, action: int) -> str:
         """How to press an action on the keyboard, e.g. 'Up/W + Space'; 'no key' for NOOP."""
         b = action_buttons(self.meanings[action])
-        return " + ".join(BUTTON_LABELS[x] for x in BUTTONS if x in b) or "no key"
+        return " + ".join(self._label(x) for x in BUTTONS if x in b) or "no key"
 
     def summary(self) -> str:
-        """A short line naming the buttons this game uses, e.g. 'Left/A Right/D move, Space fire'."""
+        """A short line naming the keys this game uses, e.g. 'Left/A Right/D move, Space fire'
+        ('Up/W Down/S move, Space fire' in Pong)."""
         used = set().union(*(action_buttons(m) for m in self.meanings))
-        moves = [BUTTON_LABELS[b] for b in ("UP", "DOWN", "LEFT", "RIGHT") if b in used]
+        order = ("RIGHT", "LEFT", "UP", "DOWN") if self.vertical else ("UP", "DOWN", "LEFT", "RIGHT")
+        moves = [self._label(b) for b in order if b in used]
         parts = [" ".join(moves) + " move"] if moves else []
         if "FIRE" in used:
             parts.append("Space fire")

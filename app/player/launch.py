@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from app.device import resolve_device
 from app.player.session import Session
 from app.player.sources import DreamSource, Policy, RealSource
 from model.precision import PLAY, resolve
@@ -18,16 +19,6 @@ from weights.errors import UserError
 DEFAULT_GAME = "Breakout"
 
 
-def resolve_device(device: str) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: this torch has no CUDA device; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
-    return dev
 
 
 def load_weights(weights: str | None, game: str | None, device: torch.device):
@@ -60,26 +51,32 @@ def check_actions(agent, real: RealSource, weights: str | None) -> None:
 
 
 def build_session(game: str | None = None, weights: str | None = None, mode: str = "imagine",
-                  controller: str = "human", device: str = "cpu", denoising_steps: int | None = None,
+                  controller: str | None = "human", device: str | None = None, denoising_steps: int | None = None,
                   horizon: int = 0, precision: str = PLAY, seed: int | None = None, agent=None,
-                  sample_rew_end: bool = False) -> Session:
+                  sample_rew_end: bool = False, load: bool = True) -> Session:
     """Checks the inputs, loads the weights (unless `agent` is given) and starts a session.
 
+    device: a torch device name, or None for the best one present (app.device).
     precision: a policy of `model.precision`: "auto" (bfloat16 where the device runs it natively), "float32" or
     "bfloat16", for the world model and the agent.
     Without weights (none given and none found offline), real mode with a human or random player still
-    works: the agent controller and the dream are then unavailable.
+    works: the agent controller and the dream are then unavailable. controller None: the agent when
+    there are weights, else random. load False: no weights at all (real mode).
     """
     game = resolve_game(game) if game else None
     dev = resolve_device(device)
     resolve(precision, dev)  # an unknown policy fails before the weights load
-    if agent is None:
+    if agent is None and load:
         try:
             agent, game = load_weights(weights, game, dev)
         except (ConnectionError, FileNotFoundError) as e:
-            if weights is not None or mode != "real" or controller == "agent":
+            if weights is not None or mode != "real":
                 raise
-            print(f"note: no weights ({e}); playing the real game without the agent", file=sys.stderr)
+            if controller == "agent":
+                raise type(e)(f"{e}; or play the real game without weights: --controller random") from None
+            controller = controller or "random"
+            print(f"note: no weights ({e}); the {controller} controller plays the real game", file=sys.stderr)
+    controller = controller or ("agent" if agent is not None else "random")
     game = game or DEFAULT_GAME
     real = RealSource(game, seed=seed, context=agent.denoiser.cfg.num_steps_conditioning if agent is not None else 1)
     try:
@@ -93,7 +90,23 @@ def build_session(game: str | None = None, weights: str | None = None, mode: str
                                 sample_rew_end=sample_rew_end)
             policy = Policy(agent, generator=torch.Generator().manual_seed(seed if seed is not None else torch.seed()),
                             precision=precision)
-        return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed)
+        return Session(game, real, dream, policy, mode=mode, controller=controller, horizon=horizon, seed=seed,
+                       device=str(dev))
     except BaseException:
         real.close()
         raise
+
+
+def game_switcher(**options):
+    """The game picker's way to start another game: (game, mode, controller) -> Session, with the weights on
+    this machine for that game (shipped, or DIAMOND's cached), else the real game with a human or random
+    player (nothing is downloaded from inside the window). options: build_session's device, precision, ..."""
+    from app.player.picker import local_weights
+
+    def switch(game: str, mode: str, controller: str) -> Session:
+        if local_weights(game) is None:
+            return build_session(game=game, mode="real", controller="human" if controller == "agent" else controller,
+                                 load=False, **options)
+        return build_session(game=game, mode=mode, controller=controller, **options)
+
+    return switch

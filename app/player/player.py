@@ -7,7 +7,6 @@ rate reached is on screen).
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,8 +15,11 @@ from typing import Callable
 
 import pygame
 
-from app.player.hud import Hud, Status
+from app.player.display import display_room, init_display, keep_on_screen, open_display, sdl_window
+from app.player.hud import Hud, Status, fit_panel
 from app.player.keymap import Keymap, buttons_from_gamepad, buttons_from_keys
+from app.player.picker import COLUMN_W as PICKER_COLUMN_W
+from app.player.picker import GamePicker
 from app.player.recorder import EpisodeRecorder, VideoRecorder, surface_to_array, timestamp
 from app.player.session import CONTROLLERS, MODES, Session, Snapshot
 from app.player.worker import SessionWorker
@@ -27,8 +29,6 @@ HORIZONS = (5, 10, 15, 25, 50, 100, 200, 500, 0)  # 0: unlimited, after the larg
 MESSAGE_SECONDS = 2.5
 HUD_REFRESH_S = 0.5
 MAX_DENOISING_STEPS = 50
-NO_DISPLAY = ("no display to open a window on ({why}); to play without a window, run "
-              "`dreamarcade play --headless --steps N [--record FILE.mp4]`")
 
 
 @dataclass
@@ -42,32 +42,8 @@ class WindowOptions:
     on_frame: Callable[[int, "Player"], None] | None = None  # called each frame before reading events (tests)
     ui_hz: float = 60.0
     end_pause_s: float = 0.75  # the last frame of an episode stays this long before the next game starts
-
-
-def _init_display() -> None:
-    try:
-        pygame.display.init()
-    except pygame.error as e:
-        raise UserError(NO_DISPLAY.format(why=e)) from None
-    driver = pygame.display.get_driver()
-    if driver in ("offscreen", "dummy") and os.environ.get("SDL_VIDEODRIVER") != driver:
-        pygame.display.quit()  # SDL fell back to an invisible window: nobody would see it
-        raise UserError(NO_DISPLAY.format(why="no X11 or Wayland display found"))
-
-
-def check_display() -> None:
-    """Raises UserError with a --headless hint when no window can be shown (checked before loading weights)."""
-    _init_display()
-    pygame.display.quit()
-
-
-def open_display(size: tuple[int, int]) -> pygame.Surface:
-    """Opens the window; raises UserError with a --headless hint when there is no display."""
-    _init_display()
-    try:
-        return pygame.display.set_mode(size)
-    except pygame.error as e:
-        raise UserError(NO_DISPLAY.format(why=e)) from None
+    # the game picker (g): (game, mode, controller) -> a new Session for that game; None: no picker
+    switch_game: Callable[[str, str, str], Session] | None = None
 
 
 @dataclass
@@ -77,7 +53,7 @@ class Player:
 
     def __post_init__(self) -> None:
         self.options.out_dir = Path(self.options.out_dir)
-        self.keymap = Keymap(self.session.meanings)
+        self.keymap = Keymap.for_game(self.session.game, self.session.meanings)
         self.hud = Hud(self.options.size, self.keymap)
         self.status = Status(fps_target=self.options.fps)
         self.held_keys: set[int] = set()
@@ -94,8 +70,15 @@ class Player:
         self.videos: list[Path] = []
         self._step_times: deque[float] = deque(maxlen=32)
         self._message_until = 0.0
+        self._recording_since: float | None = None
+        self._paused_before_help = False
+        self.picker: GamePicker | None = None
+        # the mode and controller last chosen with the keys: a game picked later starts with them where it can
+        self.chosen = {"mode": self.session.mode, "controller": self.session.controller}
         self._next_step = 0.0
         self._screen: pygame.Surface | None = None
+        self._room: tuple[int, int] | None = None  # what the desktop leaves for the window
+        self._window = None  # the SDL window object, kept alive with the window (see sdl_window)
         self._worker: SessionWorker | None = None
         # settings as the keys left them (the session applies them in its thread, maybe a step later)
         self.want = {"mode": self.session.mode, "controller": self.session.controller,
@@ -109,14 +92,34 @@ class Player:
         return self.keymap.action(held)
 
     def _key_down(self, key: int, scancode: int = 0) -> None:
+        if self.picker is not None:  # the picker has the keys while it is open
+            chosen = self.picker.handle_key(key)
+            if chosen is not True:
+                self.picker = None
+                self.status.paused = self._paused_before_help
+                if chosen:
+                    self.switch_game(chosen)
+            return
         self.held_keys.add(key)
         self.held_scancodes.add(scancode)
         self.latched |= buttons_from_keys({key}, {scancode})
         submit = self._worker.submit
         if key == pygame.K_ESCAPE:
             self.running = False
-        elif key in (pygame.K_h, pygame.K_F1):
+        elif key in (pygame.K_h, pygame.K_F1):  # the game waits while the help is read
             self.status.help = not self.status.help
+            if self.status.help:
+                self._paused_before_help, self.status.paused = self.status.paused, True
+            else:
+                self.status.paused = self._paused_before_help
+        elif key == pygame.K_g:
+            if self.options.switch_game is None:
+                self.flash("no game picker here")
+                return
+            self.status.help = False
+            columns = max(1, (self._screen.get_width() - 16) // PICKER_COLUMN_W)
+            self.picker = GamePicker.open(self.session.game, columns)
+            self._paused_before_help, self.status.paused = self.status.paused, True  # the game waits
         elif key == pygame.K_p:
             self.status.paused = not self.status.paused
             self.flash("paused" if self.status.paused else "resumed")
@@ -131,10 +134,12 @@ class Player:
             modes = [m for m in MODES if m == "real" or self.session.dream is not None]
             self.want["mode"] = modes[(modes.index(self.want["mode"]) + 1) % len(modes)]
             submit("set_mode", self.want["mode"])
+            self.chosen["mode"] = self.want["mode"]
         elif key in (pygame.K_TAB, pygame.K_c):
             ctrls = [c for c in CONTROLLERS if c != "agent" or self.session.policy is not None]
             self.want["controller"] = ctrls[(ctrls.index(self.want["controller"]) + 1) % len(ctrls)]
             submit("set_controller", self.want["controller"])
+            self.chosen["controller"] = self.want["controller"]
         elif key == pygame.K_y:
             submit("resync")
         elif key in (pygame.K_LEFTBRACKET, pygame.K_RIGHTBRACKET):
@@ -182,6 +187,35 @@ class Player:
         self._worker.submit("step", self.human_action())
         self.latched.clear()
 
+    def switch_game(self, game: str) -> None:
+        """Plays `game` in place of the current one: its weights if it has some here, else the real game.
+        The current game goes on if the new one cannot be loaded (the reason is shown)."""
+        if game == self.session.game:
+            return
+        self.flash(f"loading {game} ...")
+        self._draw()
+        pygame.display.flip()
+        self._worker.close()  # the step under way finishes first
+        self._take(self._worker.results())
+        self.stop_recording()  # a recording holds one game
+        try:
+            session = self.options.switch_game(game, self.chosen["mode"], self.chosen["controller"])
+        except (ValueError, FileNotFoundError, ConnectionError) as e:
+            self._worker = SessionWorker(self.session)
+            self.flash(f"{game}: {e}")
+            return
+        self.session.close()
+        self.session = session
+        self.keymap = Keymap.for_game(session.game, session.meanings)
+        self.hud.keymap = self.keymap
+        self.latched.clear()
+        self.want = {"mode": session.mode, "controller": session.controller, "horizon": session.horizon,
+                     "denoising_steps": session.denoising_steps or 1}
+        self.snapshot = session.snapshot()
+        self._worker = SessionWorker(session)
+        pygame.display.set_caption(f"dreamarcade: {session.game}")
+        self.flash(f"{session.game}: {session.mode} mode" + ("" if session.dream else ", no weights here"))
+
     def screenshot(self) -> Path:
         path = self.options.out_dir / f"screenshot-{self.session.game}-{timestamp()}-{len(self.screenshots)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,8 +228,9 @@ class Player:
         stem = f"{self.session.game}-{timestamp()}"
         path = path or self.options.out_dir / f"{stem}.mp4"
         self.video = VideoRecorder(path, self.options.fps)
-        self.episodes = EpisodeRecorder(path.with_suffix("").with_name(path.stem + "-episodes"))
-        self.status.recording = True
+        self.episodes = EpisodeRecorder(path.with_suffix("").with_name(path.stem + "-episodes"), self.session.game,
+                                        self.session.meanings)
+        self._recording_since = time.monotonic()
         self.flash(f"recording to {path}")
 
     def stop_recording(self) -> None:
@@ -205,7 +240,7 @@ class Player:
         saved = self.episodes.close()
         self.videos.append(path)
         self.video = self.episodes = None
-        self.status.recording = False
+        self._recording_since = None
         self.flash(f"saved {path} and {len(saved)} episode(s)")
 
     # ---- loop -----------------------------------------------------------------------------
@@ -233,23 +268,35 @@ class Player:
         return (len(t) - 1) / (t[-1] - t[0])
 
     def _draw(self) -> None:
-        size = self.hud.window_size(len(self.snapshot.panels) if not self.status.original else 1)
+        panels = len(self.snapshot.panels) if not self.status.original else 1
+        self.hud.size = fit_panel(self.options.size, panels, self._room)
+        size = self.hud.window_size(panels)
         if self._screen.get_size() != size:
             self._screen = pygame.display.set_mode(size)
+            self._window = sdl_window()  # set_mode may have made a new SDL window
+            keep_on_screen(self._window, size)
         self.status.fps_reached = self._fps()
+        self.status.recording_s = None if self._recording_since is None else time.monotonic() - self._recording_since
         self.status.busy = self._worker.busy
         if self.status.message and time.monotonic() > self._message_until:
             self.status.message = ""
         self.hud.draw(self._screen, self.snapshot, self.status)
+        if self.picker is not None:
+            self.picker.draw(self._screen, self.hud)
 
     def run(self) -> "Player":
         """Opens the window and plays until Esc, the window is closed, or a max_steps/max_frames limit."""
         opts = self.options
+        init_display()
+        self._room = display_room()
+        self.hud.size = fit_panel(opts.size, len(self.snapshot.panels), self._room)
         self._screen = open_display(self.hud.window_size(len(self.snapshot.panels)))
+        self._window = sdl_window()
         pygame.display.set_caption(f"dreamarcade: {self.session.game}")
         pygame.joystick.init()
         pygame.key.set_repeat()  # held keys are tracked, not repeated
         self._worker = SessionWorker(self.session)
+        first_session = self.session
         period, frame_period = 1.0 / opts.fps, 1.0 / max(opts.ui_hz, 2 * opts.fps)
         redraw_at = 0.0
         self._next_step = time.monotonic()
@@ -289,4 +336,12 @@ class Player:
             self._take(self._worker.results())
             self.stop_recording()
             pygame.display.quit()
+            self._window = None
+            if self.session is not first_session:  # one the picker opened: the caller closes only its own
+                self.session.close()
         return self
+
+    @property
+    def window_position(self) -> tuple[int, int] | None:
+        """Where the window is on the desktop (None where the driver does not say)."""
+        return None if self._window is None else tuple(self._window.position)

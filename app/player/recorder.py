@@ -5,6 +5,7 @@ stops, so nothing played is lost (the reference kept only episodes that reached 
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pygame
 
 from app.player.session import Snapshot, Transition
 from weights.errors import UserError
+
+ACTIONS_FILE = "actions.json"  # beside a recording's episode stores: {"game": ..., "actions": [names]}
 
 
 def timestamp() -> str:
@@ -77,8 +80,10 @@ class EpisodeRecorder:
     """Collects the transitions of each source ("real", "imagine") and appends every finished or cut
     episode to the episode store `root/<source>/` (`training.episode_store`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, game: str | None = None, meanings: tuple[str, ...] | None = None):
+        """game and meanings (the action names) go to root/actions.json, for the replay browser."""
         self.root = Path(root)
+        self.actions = {"game": game, "actions": list(meanings)} if meanings else None
         self._steps: dict[str, list[Transition]] = {}
         self._stores: dict = {}
         self.saved: list[Path] = []  # the store folder of each episode saved, in order
@@ -104,6 +109,8 @@ class EpisodeRecorder:
         store = self._stores.get(source)
         if store is None:
             store = self._stores[source] = EpisodeStore(self.root / source)
+            if self.actions is not None:
+                (self.root / ACTIONS_FILE).write_text(json.dumps(self.actions) + "\n")
         store.add(Episode(
             obs=np.stack([s.obs for s in steps]).transpose(0, 3, 1, 2),  # (T, 3, H, W) uint8
             act=np.array([s.act for s in steps], dtype=np.int64),

@@ -1,10 +1,12 @@
 """Browsing stored episodes frame by frame: recordings, training data, any episode store folder.
 
 Keys: Left/Right step (hold to scroll), PgUp/PgDn 10 steps, Home/End first/last frame,
-Up/Down next/previous episode, Space play/pause, Esc quit.
+Up/Down next/previous episode, Space play/pause, H help, Esc quit. Actions are shown by name: the
+recording's actions.json, or a training run's config.json, names the game.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +16,19 @@ import numpy as np
 import pygame
 
 from app.player.hud import ACCENT, BG, DIM, FG, FOOTER_H, HEADER_H
-from app.player.player import open_display
+from app.player.display import open_display
 from weights.errors import NotFound, UserError
 
-KEYS_HELP = "Left/Right step  PgUp/PgDn 10  Home/End  Up/Down episode  Space play  Esc quit"
+KEYS_HELP = "Left/Right step  PgUp/PgDn 10  Home/End  Up/Down episode  Space play  h help  Esc quit"
+KEYS = (
+    ("Left / Right", "previous / next step (hold to scroll)"),
+    ("PgDn / PgUp", "10 steps back / on"),
+    ("Home / End", "first step / the frame after the last"),
+    ("Down / Up", "previous / next episode"),
+    ("Space", "play / pause"),
+    ("h / F1", "show or hide this help"),
+    ("Esc", "quit"),
+)
 HOLD_REPEAT_S = 0.06
 
 
@@ -31,6 +42,7 @@ class Replay:
     episode: int = 0
     t: int = 0
     playing: bool = False
+    help: bool = False
     _held: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -62,7 +74,10 @@ class Replay:
         moves = {pygame.K_RIGHT: 1, pygame.K_LEFT: -1, pygame.K_PAGEUP: 10, pygame.K_PAGEDOWN: -10}
         if key == pygame.K_ESCAPE:
             return False
-        if key in moves:
+        if key in (pygame.K_h, pygame.K_F1):
+            self.help = not self.help
+            self.playing = self.playing and not self.help
+        elif key in moves:
             self.seek(self.t + moves[key])
         elif key in (pygame.K_HOME, pygame.K_RETURN):
             self.seek(0)
@@ -103,6 +118,39 @@ class Replay:
         surface.blit(small.render(str(self.path), True, DIM), (8, HEADER_H - 22))
         hint = small.render(("PLAYING  " if self.playing else "") + KEYS_HELP, True, ACCENT)
         surface.blit(hint, (8, HEADER_H + self.size + 6))
+        if self.help:
+            shade = pygame.Surface(surface.get_size(), pygame.SRCALPHA)
+            shade.fill((8, 9, 12, 238))
+            surface.blit(shade, (0, 0))
+            surface.blit(font.render("Replay keys", True, ACCENT), (16, 12))
+            for i, (keys, what) in enumerate(KEYS):
+                surface.blit(small.render(keys, True, ACCENT), (16, 40 + i * 20))
+                surface.blit(small.render(what, True, FG), (120, 40 + i * 20))
+
+
+def find_action_names(path: Path) -> tuple[str, ...] | None:
+    """The action names of the episodes under `path`: from a recording's actions.json, or the game in a
+    training run's config.json, in `path` or a folder above it (None when neither is found)."""
+    from app.player.recorder import ACTIONS_FILE
+
+    for folder in [path, *list(path.resolve().parents)[:3]]:
+        if (folder / ACTIONS_FILE).is_file():
+            return tuple(json.loads((folder / ACTIONS_FILE).read_text())["actions"])
+        if (folder / "config.json").is_file():
+            game = json.loads((folder / "config.json").read_text()).get("train", {}).get("game")
+            return game_action_names(game) if game else None
+    return None
+
+
+def game_action_names(game: str) -> tuple[str, ...]:
+    """The minimal action set's names of a game (one of the 26 or Catch), read from its env."""
+    from app.player.sources import make_real_env
+
+    env = make_real_env(game)
+    try:
+        return tuple(env.unwrapped.get_action_meanings())
+    finally:
+        env.close()
 
 
 def run_replay(path: str | Path, size: int = 512, meanings: tuple[str, ...] | None = None, fps: float = 15.0,
@@ -111,6 +159,11 @@ def run_replay(path: str | Path, size: int = 512, meanings: tuple[str, ...] | No
     path = Path(path)
     if not path.is_dir():
         raise NotFound(f"--replay {path}: no such folder")
+    if meanings is None:
+        try:
+            meanings = find_action_names(path)
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable or foreign file: numbers then
+            meanings = None
     replay = Replay(path, size=size, meanings=meanings)
     screen = open_display((max(size, 640), HEADER_H + size + FOOTER_H))
     pygame.display.set_caption(f"dreamarcade replay: {path}")

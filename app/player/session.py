@@ -59,6 +59,7 @@ class Snapshot:
     since_sync: int  # imagined steps since the model was seeded with real frames
     denoising_steps: int | None
     precision: str | None  # of the world model: "float32" or "bfloat16"
+    device: str = "cpu"  # of the world model and the agent
     message: str = ""  # e.g. "game over: return 12"
     ended: bool = False
     original: np.ndarray | None = None  # full 210x160 real frame (real and compare modes)
@@ -78,6 +79,7 @@ class Session:
     controller: str = "human"
     horizon: int = 0
     seed: int | None = None
+    device: str = "cpu"  # where the world model and the agent run, for the HUD
     t: int = 0
     ret: float = 0.0
     since_sync: int = 0
@@ -245,6 +247,7 @@ class Session:
             since_sync=self.since_sync,
             denoising_steps=self.denoising_steps,
             precision=None if self.dream is None else self.dream.precision,
+            device=self.device,
             message=message,
             ended=ended,
             original=self.real.original if self.mode != "imagine" else None,

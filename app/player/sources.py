@@ -82,7 +82,10 @@ class RealSource:
         return obs, act
 
     def close(self) -> None:
-        self.env.close()
+        """Closes the emulator (again: nothing)."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device | str) -> torch.Tensor:
