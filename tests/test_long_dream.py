@@ -69,6 +69,7 @@ def test_eval_fidelity_reports_the_board(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "board PSNR" in printed and (out / "board.png").is_file()
+    assert f"weights: {path}" in printed  # one line says which weights are measured
     board = json.loads((out / "fidelity.json").read_text())["board"]
     assert set(board["board_psnr"]) == {"2", "5"} and board["dreams"] == 2
     with pytest.raises(SystemExit):

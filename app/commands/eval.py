@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     print(describe_device(device, args.device), flush=True)
+    from training.games import resolve_game
+    from weights.sources import describe_source
+
+    print(f"weights: {describe_source(args.weights, resolve_game(args.game))}", flush=True)
     args.device = str(device)
     if args.fidelity:
         return _run_fidelity(args)
