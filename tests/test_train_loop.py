@@ -173,10 +173,10 @@ def test_time_left_counts_a_regular_epoch_not_the_first():
     from training.session import Session
 
     s = SimpleNamespace(cfg=get_preset("catch"),
-                        _update_s={"denoiser": (30.0, 300), "rew_end": (25.0, 500), "actor_critic": (40.0, 80)})
+                        update_seconds={"denoiser": (30.0, 300), "rew_end": (25.0, 500), "actor_critic": (40.0, 80)})
     # 95 s of updates + 5 s of collection and saving; a regular epoch: 40 x 0.1 + 40 x 0.05 + 30 x 0.5 + 5 s
     assert Session._epoch_estimate(s, 100.0) == pytest.approx(26.0)
-    s._update_s = {"denoiser": (4.0, 40), "rew_end": (2.0, 40), "actor_critic": (15.0, 30)}
+    s.update_seconds = {"denoiser": (4.0, 40), "rew_end": (2.0, 40), "actor_critic": (15.0, 30)}
     assert Session._epoch_estimate(s, 26.0) == pytest.approx(26.0)  # a regular epoch predicts itself
 
 

@@ -28,9 +28,8 @@ def weights_origin(game: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.games import GAME_NAMES, MINIMAL_ACTION_COUNTS
-
-    from training.toy_env import ACTION_MEANINGS, TOY_GAMES
+    from training.games import GAME_NAMES, MINIMAL_ACTION_COUNTS, TOY_GAMES
+    from training.toy_env import ACTION_MEANINGS
 
     rows = [{"game": g, "actions": MINIMAL_ACTION_COUNTS[g], "weights": weights_origin(g)} for g in GAME_NAMES]
     toy = "none: a toy game to train on (train --preset catch)"

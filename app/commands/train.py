@@ -133,10 +133,10 @@ def _summary(summary: dict, run_dir, asked_epochs: int | None) -> str:
 
 def _random_return(game: str) -> tuple[float, str]:
     """A uniform random policy's mean return: the Atari 100k constant, or for Catch measured on 500 games."""
-    from training.games import RANDOM_SCORES
+    from training.games import GAMES
 
-    if game in RANDOM_SCORES:
-        return RANDOM_SCORES[game], "the Atari 100k constant"
+    if game in GAMES:
+        return GAMES[game].random_score, "the Atari 100k constant"
     import random
 
     from training.atari_env import make_env
