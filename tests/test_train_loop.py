@@ -259,3 +259,14 @@ def test_epoch_means_of_numbers_and_reused_device_tensors():
         out.fill_(loss)
         means.add("denoiser", {"loss_denoising": out, "lr": loss / 10})
     assert means.result() == {"denoiser/train/loss_denoising": 3.0, "denoiser/train/lr": pytest.approx(0.3)}
+
+
+def test_epochs_shows_where_this_session_stops_and_of_how_many(tmp_path, capsys):
+    """`--epochs 1` of a 3-epoch run: the progress says epoch 1/1 (of 3), not 1/3 or 1/2, and the end says how to go on."""
+    run = tmp_path / "run"
+    argv = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "2", "--no-progress",
+            "--epochs", "1", "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^epoch 1/1 \(of 3\) steps", out, re.M), out
+    assert "stopped after epoch 1 (--epochs 1); continue with --resume" in out
