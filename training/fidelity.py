@@ -321,13 +321,3 @@ def plot_curves(result: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def measure_fidelity_of_weights(source: str | None, game: str, cfg: FidelityConfig = FidelityConfig(),
-                                out_dir: str | Path | None = "fidelity", device: str = "cpu") -> dict:
-    """Load weights (any `--weights` source) for `game` and measure their fidelity."""
-    from weights import load_agent
-
-    game = resolve_game(game)
-    agent = load_agent(source, game=game, device=device)
-    return {"weights": source or "default", **measure_fidelity(agent, game, cfg, out_dir)}

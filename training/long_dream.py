@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from model.pixels import to_uint8
-from training.fidelity import MAX_PSNR, FidelityConfig, record_real
+from training.fidelity import FidelityConfig, psnr, record_real
 from weights.errors import UserError
 
 
@@ -57,10 +57,9 @@ def static_board(game: str, size: int, num_steps: int, seed: int = 0) -> tuple[t
 
 def masked_psnr(frames: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """PSNR (dB, peak 255, capped at MAX_PSNR) of uint8 frames (N, 3, H, W) against reference (3, H, W),
-    over the pixels where mask (H, W) is True -> (N,)."""
-    diff = (frames.double() - reference.double()).pow(2)[..., mask]  # (N, 3, K)
-    mse = diff.flatten(1).mean(1)
-    return (10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-12))).clamp(max=MAX_PSNR).float()
+    over the pixels where mask (H, W) is True -> (N,) (`training.fidelity.psnr` of those pixels)."""
+    # the masked pixels as one (3, K, 1) image: psnr averages over its last three dimensions
+    return psnr(reference[..., mask].unsqueeze(-1), frames[..., mask].unsqueeze(-1))
 
 
 @torch.no_grad()

@@ -78,6 +78,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.fidelity and (args.horizon < 1 or args.contexts < 1):
         raise UserError("--horizon and --contexts must be at least 1")
+    if args.fidelity and args.board_dreams < 1:
+        raise UserError("--board-dreams must be at least 1")
     if args.fidelity and args.denoising_steps is not None and args.denoising_steps < 1:
         raise UserError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
     if not args.fidelity and (args.episodes < 1 or args.num_envs < 1):
@@ -196,12 +198,16 @@ def _run_episodes(args: argparse.Namespace) -> int:
 
 
 def _run_fidelity(args: argparse.Namespace) -> int:
-    from training.fidelity import FidelityConfig, measure_fidelity_of_weights
+    from training.fidelity import FidelityConfig, measure_fidelity
+    from training.games import resolve_game
+    from weights import load_agent
 
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
                          denoising_steps=args.denoising_steps, policy=args.policy,
                          precision=args.precision)
-    result = measure_fidelity_of_weights(args.weights, args.game, cfg, out_dir=args.out, device=args.device)
+    game = resolve_game(args.game)
+    agent = load_agent(args.weights, game=game, device=args.device)  # once, for both checks
+    result = {"weights": args.weights or "default", **measure_fidelity(agent, game, cfg, args.out)}
     steps = result["horizon"]
     marks = sorted({1, min(5, steps), min(10, steps), min(25, steps), steps})
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # "-": every real episode had ended
@@ -218,23 +224,17 @@ def _run_fidelity(args: argparse.Namespace) -> int:
               f"mean SSIM {vs['mean_ssim']:.3f}")
     print(f"wrote {result['strip']} (real above, imagined below) and {result['curves']}")
     if args.board_steps:
-        result["board"] = _run_board(args)
+        result["board"] = _run_board(args, agent, game)
     _write_json(args.json or str(Path(args.out) / "fidelity.json"), result)
     return 0
 
 
-def _run_board(args: argparse.Namespace) -> dict:
+def _run_board(args: argparse.Namespace, agent, game: str) -> dict:
     """The long-dream board check (training.long_dream) -> its JSON-safe results; prints a table, writes board.png."""
     import imageio.v3 as iio
 
-    from training.games import resolve_game
     from training.long_dream import BoardConfig, board_strip, measure_board
-    from weights import load_agent
 
-    if args.board_dreams < 1:
-        raise UserError("--board-dreams must be at least 1")
-    game = resolve_game(args.game)
-    agent = load_agent(args.weights, game=game, device=args.device)
     cfg = BoardConfig(steps=args.board_steps, dreams=args.board_dreams, seed=args.seed, precision=args.precision,
                       denoising_steps=args.denoising_steps)
     board = measure_board(agent, game, cfg)
