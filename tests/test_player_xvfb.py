@@ -68,15 +68,21 @@ def xvfb_display():
     proc.wait(10)
 
 
-def test_real_window_shows_frame_and_hud(xvfb_display, tmp_path):
-    import imageio.v2 as imageio
+def run_in_window(script: str, display: str, out) -> dict:
+    """Runs a player script on the X server `display` (a real x11 window) -> the info.json it wrote into out."""
     import json
 
-    env = {**os.environ, "DISPLAY": xvfb_display, "SDL_VIDEODRIVER": "x11", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
-    proc = subprocess.run([sys.executable, "-c", PLAYER_SCRIPT, str(tmp_path), xvfb_display], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "DISPLAY": display, "SDL_VIDEODRIVER": "x11", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+    proc = subprocess.run([sys.executable, "-c", script, str(out), display], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((tmp_path / "info.json").read_text())
+    return json.loads((out / "info.json").read_text())
+
+
+def test_real_window_shows_frame_and_hud(xvfb_display, tmp_path):
+    import imageio.v2 as imageio
+
+    info = run_in_window(PLAYER_SCRIPT, xvfb_display, tmp_path)
     assert info["driver"] == "x11" and int(info["wm"]["window"]) > 0  # a real X11 window
     drawn = np.load(tmp_path / "drawn.npy")
     screen = imageio.imread(tmp_path / "x11.png")[..., :3]
@@ -193,13 +199,8 @@ def _find(image, template) -> bool:
 
 def test_a_newcomer_sees_pong_keys_rec_help_and_a_compare_window_that_fits(xvfb_display, tmp_path):
     import imageio.v2 as imageio
-    import json
 
-    env = {**os.environ, "DISPLAY": xvfb_display, "SDL_VIDEODRIVER": "x11", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
-    proc = subprocess.run([sys.executable, "-c", NEWCOMER_SCRIPT, str(tmp_path), xvfb_display], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = json.loads((tmp_path / "info.json").read_text())
+    info = run_in_window(NEWCOMER_SCRIPT, xvfb_display, tmp_path)
     from app.player.hud import BG, FOOTER_H, GAP, HEADER_H, RED
 
     def shown(name):
