@@ -28,6 +28,9 @@ class DenoiserConfig:
     train_sigma_scale: float = 1.2
     train_sigma_min: float = 2e-3
     train_sigma_max: float = 20.0
+    # False (the reference's): denoise the next frame. True: denoise its change from the last conditioning
+    # frame, so an untrained network already repeats the last frame and the training goes to what moves
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
@@ -84,7 +87,12 @@ class InnerModel(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """D(x; sigma) = c_skip * x + c_out * F(c_in * x, c_noise, obs / sigma_data, act), EDM (Karras et al. 2022)."""
+    """D(x; sigma) = c_skip * x + c_out * F(c_in * x, c_noise, obs / sigma_data, act), EDM (Karras et al. 2022).
+
+    With `cfg.residual`, EDM works on the change from the last conditioning frame `last`:
+    D(x; sigma) = last + c_skip * (x - last) + c_out * F(c_in * (x - last), ...). The sampler is unchanged: its
+    Euler steps on x are the same steps on x - last.
+    """
 
     def __init__(self, cfg: DenoiserConfig, num_actions: int) -> None:
         super().__init__()
@@ -106,16 +114,28 @@ class Denoiser(nn.Module):
         per_pixel = (c.reshape(-1, 1, 1, 1) for c in (c_in, c_out, c_skip))
         return Conditioners(*per_pixel, c_noise=c_noise.reshape(-1))
 
+    def base(self, obs: Tensor) -> Tensor | None:
+        """What D denoises relative to: the last conditioning frame (B, 3, H, W) with `cfg.residual`, else None.
+        obs (B, 4, 3, H, W) or (B, 12, H, W)."""
+        if not self.cfg.residual:
+            return None
+        return obs[:, -1] if obs.ndim == 5 else obs[:, -self.cfg.img_channels:]
+
     def network_output(self, noisy_next_obs: Tensor, obs: Tensor, act: Tensor, cs: Conditioners) -> Tensor:
         """F for noisy_next_obs (B, 3, H, W), obs (B, 4, 3, H, W) or (B, 12, H, W) in [-1, 1], act (B, 4)."""
+        base = self.base(obs)
+        x = noisy_next_obs if base is None else noisy_next_obs - base
         if obs.ndim == 5:
             obs = obs.flatten(1, 2)
-        return self.inner_model(noisy_next_obs * cs.c_in, cs.c_noise, obs / self.cfg.sigma_data, act)
+        return self.inner_model(x * cs.c_in, cs.c_noise, obs / self.cfg.sigma_data, act)
 
     @torch.no_grad()
-    def wrap_output(self, noisy_next_obs: Tensor, output: Tensor, cs: Conditioners) -> Tensor:
-        """D from F, clamped to [-1, 1] and floored to 8 bits as the reference (diamond.md 8.3); no gradient."""
-        return quantize(cs.c_skip * noisy_next_obs + cs.c_out * output)
+    def wrap_output(self, noisy_next_obs: Tensor, output: Tensor, cs: Conditioners, base: Tensor | None = None) -> Tensor:
+        """D from F, clamped to [-1, 1] and floored to 8 bits as the reference (diamond.md 8.3); no gradient.
+        base: `self.base(obs)`."""
+        if base is None:
+            return quantize(cs.c_skip * noisy_next_obs + cs.c_out * output)
+        return quantize(base + cs.c_skip * (noisy_next_obs - base) + cs.c_out * output)
 
     @torch.no_grad()
     def denoise(self, noisy_next_obs: Tensor, sigma: Tensor | float, obs: Tensor, act: Tensor) -> Tensor:
@@ -129,7 +149,8 @@ class Denoiser(nn.Module):
         if sigma.ndim == 0:
             sigma = sigma.expand(noisy_next_obs.shape[0])
         cs = self.conditioners(sigma)
-        return self.wrap_output(noisy_next_obs, self.network_output(noisy_next_obs, obs, act, cs), cs)
+        output = self.network_output(noisy_next_obs, obs, act, cs)
+        return self.wrap_output(noisy_next_obs, output, cs, self.base(obs))
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Training noise levels (n,): log-normal, clipped (diamond.md 1.2)."""
@@ -164,11 +185,15 @@ class Denoiser(nn.Module):
 
             cs = self.conditioners(sigma)
             output = self.network_output(noisy_next_obs, obs, act, cs)
-            target = (next_obs - cs.c_skip * noisy_next_obs) / cs.c_out
+            base = self.base(obs)
+            if base is None:
+                target = (next_obs - cs.c_skip * noisy_next_obs) / cs.c_out
+            else:
+                target = ((next_obs - base) - cs.c_skip * (noisy_next_obs - base)) / cs.c_out
             # mean over the elements of non-padded targets (= F.mse_loss on the masked rows, never NaN)
             num = (mask.sum() * next_obs[0].numel()).clamp(min=1)
             loss = loss + ((output - target) ** 2 * mask).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
-                frames[n + i] = self.wrap_output(noisy_next_obs, output, cs)
+                frames[n + i] = self.wrap_output(noisy_next_obs, output, cs, base)
         return loss / num_targets

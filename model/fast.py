@@ -187,6 +187,8 @@ class DenoiserContext:
         self.fast, self.obs, self.act = fast, obs, act
         frames = obs.flatten(1, 2) if obs.ndim == 5 else obs
         b = frames.shape[0]
+        base = den.base(frames)  # residual denoisers: the last frame, which D's input and output are relative to
+        self.base = None if base is None else base.float()
         frames = (frames / den.cfg.sigma_data).to(dt).contiguous(memory_format=CL)
         conv_in = fast.net.module.conv_in
         # the conditioning frames' part of conv_in
@@ -212,10 +214,13 @@ class DenoiserContext:
             raise ValueError(f"sigma {s} is not in this context's schedule {list(self.sigma_index)}")
         i = self.sigma_index[s]
         net = self.fast.net.module
+        if self.base is not None:
+            x = x - self.base
         h = (x * self.c_in[i]).to(self.fast.dtype).contiguous(memory_format=CL)
         h = F.conv2d(h, self.fast.conv_in_x, None, net.conv_in.stride, net.conv_in.padding).add_(self.obs_features)
         out = net.trunk(h, self.scale_shift[i]).float()
-        return quantize(self.c_skip[i] * x + self.c_out[i] * out)
+        d = self.c_skip[i] * x + self.c_out[i] * out
+        return quantize(d if self.base is None else d + self.base)
 
 
 class FastAgent:

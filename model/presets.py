@@ -1,6 +1,8 @@
 """Agent configurations by name: functions returning `AgentConfig`s."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from model.actor_critic import ActorCriticConfig
 from model.agent import AgentConfig
 from model.denoiser import DenoiserConfig
@@ -41,4 +43,12 @@ def small(num_actions: int) -> AgentConfig:
     )
 
 
-PRESETS = {"atari100k": atari100k, "small": small, "tiny": tiny}
+def small_residual(num_actions: int) -> AgentConfig:
+    """`small` with a residual denoiser (`DenoiserConfig.residual`): it denoises the change from the last frame,
+    so it repeats the static parts of the screen from its first update and spends its training on what moves
+    (the shipped Breakout weights)."""
+    cfg = small(num_actions)
+    return replace(cfg, denoiser=replace(cfg.denoiser, residual=True))
+
+
+PRESETS = {"atari100k": atari100k, "small": small, "small-residual": small_residual, "tiny": tiny}

@@ -41,7 +41,7 @@ def test_games_lists_the_toy_game_that_train_accepts():
     (["eval", "--fidelity", "--game", "Breakout", "--horizon", "0"], "--horizon and --contexts must be at least 1"),
     (["train", "--game", "Brekout"], "unknown game 'Brekout': did you mean Breakout?"),
     (["train", "--game", "Pong", "--preset", "small"], "unknown preset 'small'; choose one of: atari100k, consumer, "
-                                                       "cpu, tiny, catch"),
+                                                       "cpu, breakout, tiny, catch"),
     (["train", "--game", "Pong", "--epochs", "0"], "--epochs must be at least 1, not 0"),
 ])
 def test_bad_arguments_fail_before_torch_is_imported(argv, message):
@@ -55,7 +55,7 @@ def test_bench_model_size_is_not_called_a_preset():
     help_text = dreamarcade("bench", "--help").stdout
     assert "--model SIZE" in help_text and "--preset" not in help_text
     out = dreamarcade("bench", "--model", "cpu")  # a training preset's name is not a model size
-    assert out.returncode == 2 and "unknown model size 'cpu'; choose one of: atari100k, small, tiny" in out.stderr
+    assert out.returncode == 2 and "unknown model size 'cpu'; choose one of: atari100k, small, small-residual, tiny" in out.stderr
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without a GPU")

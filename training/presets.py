@@ -178,7 +178,16 @@ def cpu() -> TrainConfig:
     )
 
 
-PRESETS = {"atari100k": atari100k, "consumer": consumer, "cpu": cpu, "tiny": tiny, "catch": catch}
+def breakout() -> TrainConfig:
+    """The shipped Breakout world model: `cpu` with the residual denoiser (`small-residual`), which repeats the
+    static screen from its first updates and spends them on the paddle and the ball. Meant for world-model
+    training on scripted play: `dreamarcade collect --game Breakout --out data/breakout`, then
+    `dreamarcade train --game Breakout --preset breakout --dataset data/breakout`."""
+    return dataclasses.replace(cpu(), model="small-residual")
+
+
+PRESETS = {"atari100k": atari100k, "consumer": consumer, "cpu": cpu, "breakout": breakout, "tiny": tiny,
+           "catch": catch}
 
 
 def agent_config(cfg: TrainConfig, num_actions: int) -> AgentConfig:

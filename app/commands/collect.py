@@ -15,7 +15,7 @@ scripted players: Breakout (follows the ball, aims off-centre to vary the angles
 
 examples:
   dreamarcade collect --game Breakout --steps 50000 --out data/breakout
-  dreamarcade train --game Breakout --preset cpu --dataset data/breakout --run-dir runs/bk-wm
+  dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
 """
 
 

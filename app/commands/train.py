@@ -14,7 +14,8 @@ continue with --resume; a finished run says so.
 presets (--preset):
   atari100k   the paper: 100k real steps, 1000 epochs, reference-size models (days on one GPU)
   consumer    the paper's models and data with a quarter of the updates (about a day on one consumer GPU)
-  cpu         the `small` model on an Atari game with a CPU budget (how the shipped Breakout weights were made)
+  cpu         the `small` model on an Atari game with a CPU budget
+  breakout    `cpu` with a residual denoiser, for world-model training on scripted play (collect, then --dataset)
   tiny        a tiny model and a few hundred real steps: end to end on a CPU in minutes (smoke test)
   catch       for the toy game Catch (--game Catch): learns to catch the ball in a few CPU minutes
 
@@ -28,7 +29,7 @@ examples:
 """
 
 # The names of training.presets.PRESETS, checked here before torch is imported (tests keep the two equal).
-PRESETS = ("atari100k", "consumer", "cpu", "tiny", "catch")
+PRESETS = ("atari100k", "consumer", "cpu", "breakout", "tiny", "catch")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
