@@ -105,28 +105,35 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
 
 def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1,
                                  precision: str = TRAINING) -> tuple[float, float]:
-    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does.
+    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training runs them
+    (`training.graphed_updates`: on a GPU captured once as a CUDA graph, among the warm-up runs, and replayed).
     -> (samples per wall-clock second, per CPU second); the same form for the other training figures."""
+    from training.graphed_updates import graphed_denoiser_update
     from training.optim import ModelOptimizer, OptimConfig
-    from training.updates import denoiser_update
 
     batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
                             agent.num_actions).to(agent.device)
-    opt = ModelOptimizer(agent.denoiser, OptimConfig())
-    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt, precision=precision),
-                                               repeats, warmup, agent.device))
+    update = graphed_denoiser_update(agent, ModelOptimizer(agent.denoiser, OptimConfig()), precision=precision)
+    return tuple(batch_size / t for t in timed(lambda: update(batch), repeats, _warmup(update, warmup),
+                                               agent.device))
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
                                   warmup: int = 1, precision: str = TRAINING) -> tuple[float, float]:
-    """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
+    """Reward/end optimizer steps on (batch_size, 19) segments, as training runs them."""
+    from training.graphed_updates import graphed_rew_end_update
     from training.optim import ModelOptimizer, OptimConfig
-    from training.updates import rew_end_update
 
     batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions).to(agent.device)
-    opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
-    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt, precision=precision),
-                                               repeats, warmup, agent.device))
+    update = graphed_rew_end_update(agent, ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0)),
+                                    precision=precision)
+    return tuple(batch_size / t for t in timed(lambda: update(batch), repeats, _warmup(update, warmup),
+                                               agent.device))
+
+
+def _warmup(update, warmup: int) -> int:
+    """Untimed runs of a `GraphedUpdate`: at least its eager warm-up and the capture where it captures."""
+    return max(warmup, update.warmup + 1) if update.capture else warmup
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
@@ -206,12 +213,15 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
     policies (`model.precision`) of the denoiser and reward/end updates and of imagination's world model; the
     defaults are training's. The report holds what they resolve to on device. "epoch" in include: one real
     training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
+    from training.graphed_updates import can_capture
+
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset, device=device)
     report = machine(device)
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
                   train_precision=resolve(train_precision, device),
-                  imagination_precision=resolve(imagination_precision, device))
+                  imagination_precision=resolve(imagination_precision, device),
+                  updates_cuda_graphs=can_capture(device, train_precision))  # the denoiser's and reward/end's
 
     cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
@@ -272,6 +282,8 @@ def table(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     where = f"{report['gpu']} ({report['device']}), " if report.get("gpu") else ""
+    if report.get("gpu"):
+        where += "updates as CUDA graphs, " if report.get("updates_cuda_graphs") else "updates eager, "
     head = (f"{where}{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
             f"load average {report['load_average'][0]:.1f}" if report.get("load_average") else "")
     return "\n".join([head, *lines])

@@ -133,13 +133,18 @@ class GraphedUpdate:
         self.graph, self.outputs = graph, outputs
 
 
-def can_capture(optimizer: ModelOptimizer, precision: str, enabled: bool | None = None) -> bool:
-    """True where an update can be captured: a CUDA model, no gradient sync, float32, not turned off (enabled
-    None: `cuda_graphs_enabled()`)."""
-    device = next(optimizer.model.parameters()).device
+def can_capture(device: torch.device | str, precision: str, grad_sync: bool = False,
+                enabled: bool | None = None) -> bool:
+    """True where an update can be captured: a CUDA model, no gradient sync, float32 (`model.precision`), not
+    turned off (enabled None: `cuda_graphs_enabled()`)."""
+    device = torch.device(device)
     enabled = cuda_graphs_enabled() if enabled is None else enabled
-    return (enabled and device.type == "cuda" and optimizer.grad_sync is None
-            and resolve(precision, device) == "float32")
+    return enabled and device.type == "cuda" and not grad_sync and resolve(precision, device) == "float32"
+
+
+def _capture(optimizer: ModelOptimizer, precision: str, enabled: bool | None) -> bool:
+    device = next(optimizer.model.parameters()).device
+    return can_capture(device, precision, optimizer.grad_sync is not None, enabled)
 
 
 def graphed_denoiser_update(agent, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
@@ -149,11 +154,11 @@ def graphed_denoiser_update(agent, optimizer: ModelOptimizer, generator: torch.G
     default one (the training loop's); a CUDA generator is registered with the graph."""
     gens = (generator,) if generator is not None and generator.device.type == "cuda" else ()
     return GraphedUpdate(lambda b: denoiser_losses(agent, b, generator, precision), optimizer,
-                         can_capture(optimizer, precision, cuda_graphs), warmup, gens, "denoiser update")
+                         _capture(optimizer, precision, cuda_graphs), warmup, gens, "denoiser update")
 
 
 def graphed_rew_end_update(agent, optimizer: ModelOptimizer, precision: str = TRAINING,
                            cuda_graphs: bool | None = None, warmup: int = WARMUP) -> GraphedUpdate:
     """`training.updates.rew_end_update` as a `GraphedUpdate` (batches (B, T = 19, ...))."""
     return GraphedUpdate(lambda b: rew_end_losses(agent, b, precision), optimizer,
-                         can_capture(optimizer, precision, cuda_graphs), warmup, (), "reward/end update")
+                         _capture(optimizer, precision, cuda_graphs), warmup, (), "reward/end update")
