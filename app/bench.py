@@ -140,6 +140,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
                                   warmup: int = 1, precision: str = IMAGINATION) -> tuple[float, float]:
     """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
     each, reward/end sampled), backward through the actor-critic, one optimizer step."""
+    from training.graphed_updates import cuda_graphs_enabled
     from training.imagination import Imagination, actor_critic_update
     from training.optim import ModelOptimizer, OptimConfig
     from training.presets import ImaginationConfig
@@ -147,7 +148,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     g = torch.Generator(agent.device).manual_seed(0)
     size, n_act = agent.config.img_size, agent.num_actions
     imagination = Imagination(agent, lambda n: contexts(n, size, n_act, g), num_envs=num_envs, horizon=horizon,
-                              generator=g, precision=precision)
+                              generator=g, precision=precision, cuda_graphs=cuda_graphs_enabled())
     opt = ModelOptimizer(agent.actor_critic, OptimConfig(weight_decay=0.0, max_grad_norm=100.0))
     cfg = ImaginationConfig(horizon=horizon)
     state = [None]

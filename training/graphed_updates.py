@@ -38,13 +38,14 @@ from training.optim import ModelOptimizer
 from training.updates import denoiser_losses, rew_end_losses
 
 WARMUP = 3  # eager updates on a side stream before the capture (torch's recipe): lazy state, cuDNN/cuBLAS choices
-ENV = "DREAMARCADE_CUDA_GRAPHS"  # "0": never capture (run every update eagerly)
+ENV = "DREAMARCADE_CUDA_GRAPHS"  # "0": training captures nothing (updates and imagined steps run eagerly)
 
 Losses = Callable[[Batch], tuple[Tensor, dict]]  # batch -> (loss to minimise, metrics: 0-dim device tensors)
 
 
 def cuda_graphs_enabled() -> bool:
-    """False where the user turned CUDA graphs off (`DREAMARCADE_CUDA_GRAPHS=0`), else True."""
+    """False where the user turned training's CUDA graphs off (`DREAMARCADE_CUDA_GRAPHS=0`: the updates and the
+    imagined steps), else True."""
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -60,6 +61,8 @@ class GraphedUpdate:
 
     def __init__(self, losses: Losses, optimizer: ModelOptimizer, capture: bool, warmup: int = WARMUP,
                  generators: tuple[torch.Generator, ...] = (), name: str = "update") -> None:
+        if capture and warmup < 1:  # AdamW's state is made at its first step: never inside the graph
+            raise ValueError(f"a captured update needs at least one warm-up update, got warmup={warmup}")
         self.losses, self.optimizer, self.capture, self.name = losses, optimizer, capture, name
         self.warmup, self.generators = warmup, generators
         self.static: Batch | None = None  # the input buffers, allocated at the first call

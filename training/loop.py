@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from training.ddp import all_reduce_mean, barrier, broadcast_object, close_world, init_world
 from training.experience import OtherRank, RealGame, Recordings
-from training.graphed_updates import graphed_denoiser_update, graphed_rew_end_update
+from training.graphed_updates import cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
 from training.imagination import Imagination, actor_critic_update
 from training.presets import ModelTraining, TrainConfig
 from training.run_dir import RunDir
@@ -36,11 +36,12 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
         real = _real_experience(s)
+        # on a GPU each imagined step, and each update of the denoiser and of the reward/end model, is captured
+        # once as a CUDA graph and replayed (the updates not with several ranks: their gradients are averaged from
+        # Python; none with DREAMARCADE_CUDA_GRAPHS=0); the same work runs eagerly elsewhere
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
-                                  cfg.imagination.denoising_steps, s.generator)
-        # on a GPU each update is captured once as a CUDA graph and replayed (not with several ranks: their
-        # gradients are averaged from Python); the same updates run eagerly elsewhere
+                                  cfg.imagination.denoising_steps, s.generator, cuda_graphs=cuda_graphs_enabled())
         update_denoiser = graphed_denoiser_update(agent, optims["denoiser"])
         update_rew_end = graphed_rew_end_update(agent, optims["rew_end"])
         ac_state = None  # the actor-critic's LSTM state, carried from one update to the next
