@@ -13,7 +13,7 @@ import torch
 from app.bench import synthetic_batch
 from model import Agent
 from model.presets import tiny
-from training.graphed_updates import graphed_denoiser_update, graphed_rew_end_update
+from training.graphed_updates import can_capture, cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
 from training.optim import ModelOptimizer, OptimConfig
 from training.updates import denoiser_update, rew_end_update
 
@@ -136,15 +136,17 @@ def test_a_batch_of_another_shape_is_refused(agent):
         update(synthetic_batch(2, 8, 64, A))
 
 
-def test_cuda_graphs_can_be_turned_off(agent, monkeypatch):
-    """DREAMARCADE_CUDA_GRAPHS=0 turns capture off (here on a CPU it is off anyway: the switch is what is read)."""
-    from training.graphed_updates import cuda_graphs_enabled
-
+def test_what_is_captured(monkeypatch):
+    """Captured: a CUDA model's float32 update on one process. Eager: a CPU, several ranks (their gradients are
+    averaged from Python between backward and step), bfloat16 autocast, and DREAMARCADE_CUDA_GRAPHS=0."""
+    monkeypatch.delenv("DREAMARCADE_CUDA_GRAPHS", raising=False)
+    assert can_capture("cuda", "float32") and can_capture("cuda:1", "float32")
+    assert not can_capture("cpu", "float32")
+    assert not can_capture("cuda", "float32", grad_sync=True)
+    assert not can_capture("cuda", "bfloat16")
     for value, on in (("0", False), ("off", False), ("1", True)):
         monkeypatch.setenv("DREAMARCADE_CUDA_GRAPHS", value)
-        assert cuda_graphs_enabled() is on
-    monkeypatch.delenv("DREAMARCADE_CUDA_GRAPHS")
-    assert cuda_graphs_enabled()
+        assert cuda_graphs_enabled() is on and can_capture("cuda", "float32") is on
 
 
 @cuda
