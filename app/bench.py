@@ -214,15 +214,12 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
     policies (`model.precision`) of the denoiser and reward/end updates and of imagination's world model; the
     defaults are training's. The report holds what they resolve to on device. "epoch" in include: one real
     training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
-    from training.graphed_updates import can_capture
-
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset, device=device)
     report = machine(device)
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
                   train_precision=resolve(train_precision, device),
-                  imagination_precision=resolve(imagination_precision, device),
-                  updates_cuda_graphs=can_capture(device, train_precision))  # the denoiser's and reward/end's
+                  imagination_precision=resolve(imagination_precision, device))
 
     cpu = report["cpu_time"] = {}  # the same figures from this process's CPU time instead of the wall clock
     if "play" in include:
@@ -241,6 +238,9 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             precision = report["imagination_precision"] if part == "imagination" else report["train_precision"]
             wall, c = fn(agent, batch_size, repeats=r, precision=precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
+    from training.graphed_updates import can_capture
+
+    report["updates_cuda_graphs"] = can_capture(device, train_precision)  # the denoiser's and reward/end's
     if "collect" in include:
         log("real env collection ...")
         report["collect_steps_per_s"] = round(collect_steps_per_s(game, num_steps=200 if quick else 2000, repeats=r), 1)
