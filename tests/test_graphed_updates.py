@@ -150,22 +150,32 @@ def test_what_is_captured(monkeypatch):
 
 
 @cuda
-def test_replays_wait_for_nothing_and_show_the_weights_changed(agent):
+@pytest.mark.parametrize("model", ["denoiser", "rew_end"])
+def test_replays_wait_for_nothing_and_show_the_weights_changed(agent, model):
     """After the capture, replays run with torch's sync debug mode set to error (no host synchronisation), and
-    each bumps the weights' versions, so the world model's bfloat16 copy (`model.fast`) is re-made from them."""
+    each bumps the weights' versions: the world model's bfloat16 copy (`model.fast`) and the context pool's
+    reward/end burn-in (`training.context_pool`) are re-made when those change, else imagination would run on
+    the weights of the capture."""
     from model.fast import _fingerprint
+    from training.context_pool import _weights_key
 
     a = copy.deepcopy(agent).cuda()
-    update = graphed_denoiser_update(a, ModelOptimizer(a.denoiser, OPT), warmup=1, cuda_graphs=True)
+    opt = ModelOptimizer(getattr(a, model), OPT)
+    update = (graphed_denoiser_update(a, opt, warmup=1, cuda_graphs=True) if model == "denoiser"
+              else graphed_rew_end_update(a, opt, warmup=1, cuda_graphs=True))
     for i in range(2):
-        update(batch("denoiser", i, "cuda"))
+        update(batch(model, i, "cuda"))
     assert update.captured
-    before = _fingerprint(a.denoiser)
-    b = batch("denoiser", 2, "cuda")
+    module = getattr(a, model)
+    before, key_before = _fingerprint(module), _weights_key(module)
+    weights = [p.detach().clone() for p in module.parameters()]
+    b = batch(model, 2, "cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         metrics = update(b)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(metrics["loss_denoising"]) and _fingerprint(a.denoiser) != before
+    assert all(torch.isfinite(v) for k, v in metrics.items() if k != "lr")
+    assert any(not torch.equal(w, p) for w, p in zip(weights, module.parameters()))  # the replay stepped
+    assert _fingerprint(module) != before and _weights_key(module) != key_before
