@@ -69,6 +69,7 @@ class GraphedUpdate:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: dict | None = None  # the graph's metrics, overwritten by each replay
         self._eager_calls = 0
+        self._stream: torch.cuda.Stream | None = None  # the warm-up's and the capture's
         self._params = [p for p in optimizer.model.parameters() if p.requires_grad]
 
     @property
@@ -110,13 +111,16 @@ class GraphedUpdate:
         return metrics | {"grad_norm": self.optimizer.device_step(loss)}
 
     def _warmup_update(self) -> dict:
-        """A real update, run eagerly on a side stream (torch's recipe: warm-up off the capture stream)."""
+        """A real update, run eagerly on the side stream that will capture (torch's recipe: warm-up off the
+        default stream; the same stream as the capture's, so that the libraries' per-stream handles and
+        workspaces are made here and not during the capture)."""
         device = self.static.obs.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self._stream):
             metrics = self._device_update()
-        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(self._stream)
         self._eager_calls += 1
         return metrics
 
@@ -128,7 +132,8 @@ class GraphedUpdate:
         for g in self.generators:
             graph.register_generator_state(g)
         try:
-            with torch.cuda.device(device), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.device(device), torch.cuda.graph(graph, stream=self._stream,
+                                                             capture_error_mode="thread_local"):
                 outputs = self._device_update()  # thread_local: other threads (the player, a writer) may use CUDA
         except RuntimeError as e:
             raise RuntimeError(f"capturing the {self.name} as a CUDA graph failed ({e}); {ENV}=0 runs it "
