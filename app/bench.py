@@ -105,34 +105,42 @@ def play_step_ms(agent: Agent, precision: str, steps: int = 30, warmup: int = 5,
 
 def denoiser_train_samples_per_s(agent: Agent, batch_size: int = 32, repeats: int = 3, warmup: int = 1,
                                  precision: str = TRAINING) -> tuple[float, float]:
-    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training does.
+    """Denoiser optimizer steps on (batch_size, 6) segments (4 context frames, 2 targets), as training runs them
+    (`training.graphed_updates`: on a GPU captured once as a CUDA graph, among the warm-up runs, and replayed).
     -> (samples per wall-clock second, per CPU second); the same form for the other training figures."""
+    from training.graphed_updates import graphed_denoiser_update
     from training.optim import ModelOptimizer, OptimConfig
-    from training.updates import denoiser_update
 
     batch = synthetic_batch(batch_size, agent.config.denoiser.num_steps_conditioning + 2, agent.config.img_size,
                             agent.num_actions).to(agent.device)
-    opt = ModelOptimizer(agent.denoiser, OptimConfig())
-    return tuple(batch_size / t for t in timed(lambda: denoiser_update(agent, batch, opt, precision=precision),
-                                               repeats, warmup, agent.device))
+    update = graphed_denoiser_update(agent, ModelOptimizer(agent.denoiser, OptimConfig()), precision=precision)
+    return tuple(batch_size / t for t in timed(lambda: update(batch), repeats, _warmup(update, warmup),
+                                               agent.device))
 
 
 def rew_end_train_sequences_per_s(agent: Agent, batch_size: int = 32, seq_length: int = 19, repeats: int = 3,
                                   warmup: int = 1, precision: str = TRAINING) -> tuple[float, float]:
-    """Reward/end optimizer steps on (batch_size, 19) segments, as training does."""
+    """Reward/end optimizer steps on (batch_size, 19) segments, as training runs them."""
+    from training.graphed_updates import graphed_rew_end_update
     from training.optim import ModelOptimizer, OptimConfig
-    from training.updates import rew_end_update
 
     batch = synthetic_batch(batch_size, seq_length, agent.config.img_size, agent.num_actions).to(agent.device)
-    opt = ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0))
-    return tuple(batch_size / t for t in timed(lambda: rew_end_update(agent, batch, opt, precision=precision),
-                                               repeats, warmup, agent.device))
+    update = graphed_rew_end_update(agent, ModelOptimizer(agent.rew_end, OptimConfig(max_grad_norm=100.0)),
+                                    precision=precision)
+    return tuple(batch_size / t for t in timed(lambda: update(batch), repeats, _warmup(update, warmup),
+                                               agent.device))
+
+
+def _warmup(update, warmup: int) -> int:
+    """Untimed runs of a `GraphedUpdate`: at least its eager warm-up and the capture where it captures."""
+    return max(warmup, update.warmup + 1) if update.capture else warmup
 
 
 def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int = 15, repeats: int = 2,
                                   warmup: int = 1, precision: str = IMAGINATION) -> tuple[float, float]:
     """Actor-critic updates as training does them: num_envs imagined games x horizon steps (3 Euler steps
     each, reward/end sampled), backward through the actor-critic, one optimizer step."""
+    from training.graphed_updates import cuda_graphs_enabled
     from training.imagination import Imagination, actor_critic_update
     from training.optim import ModelOptimizer, OptimConfig
     from training.presets import ImaginationConfig
@@ -140,7 +148,7 @@ def imagination_transitions_per_s(agent: Agent, num_envs: int = 32, horizon: int
     g = torch.Generator(agent.device).manual_seed(0)
     size, n_act = agent.config.img_size, agent.num_actions
     imagination = Imagination(agent, lambda n: contexts(n, size, n_act, g), num_envs=num_envs, horizon=horizon,
-                              generator=g, precision=precision)
+                              generator=g, precision=precision, cuda_graphs=cuda_graphs_enabled())
     opt = ModelOptimizer(agent.actor_critic, OptimConfig(weight_decay=0.0, max_grad_norm=100.0))
     cfg = ImaginationConfig(horizon=horizon)
     state = [None]
@@ -230,6 +238,9 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             precision = report["imagination_precision"] if part == "imagination" else report["train_precision"]
             wall, c = fn(agent, batch_size, repeats=r, precision=precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
+    from training.graphed_updates import can_capture
+
+    report["updates_cuda_graphs"] = can_capture(device, train_precision)  # the denoiser's and reward/end's
     if "collect" in include:
         log("real env collection ...")
         report["collect_steps_per_s"] = round(collect_steps_per_s(game, num_steps=200 if quick else 2000, repeats=r), 1)
@@ -272,6 +283,8 @@ def table(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     where = f"{report['gpu']} ({report['device']}), " if report.get("gpu") else ""
+    if report.get("gpu"):
+        where += "updates as CUDA graphs, " if report.get("updates_cuda_graphs") else "updates eager, "
     head = (f"{where}{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
             f"load average {report['load_average'][0]:.1f}" if report.get("load_average") else "")
     return "\n".join([head, *lines])

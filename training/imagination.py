@@ -50,12 +50,12 @@ class Imagination:
 
     def __init__(self, agent, sample_context: ContextSampler, num_envs: int, horizon: int,
                  denoising_steps: int = 3, generator: torch.Generator | None = None,
-                 precision: str = IMAGINATION) -> None:
+                 precision: str = IMAGINATION, cuda_graphs: bool = True) -> None:
         self.num_envs, self.horizon = num_envs, horizon
-        # a policy of model.precision; training's ("auto-gpu"): the fast world model, each step one CUDA graph, on a
-        # GPU with bfloat16; float32 on a CPU (what the Catch learning run was tuned with)
+        # a policy of model.precision; training's ("auto-gpu"): the fast world model, each step one CUDA graph
+        # (unless cuda_graphs is False), on a GPU with bfloat16; float32 on a CPU (what the Catch run was tuned with)
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
-                                precision=precision)
+                                precision=precision, cuda_graphs=cuda_graphs)
         # refilled every `horizon` steps, which take at most B contexts each (plus B for a reset)
         self.pool = ContextPool(self.wm, sample_context, chunk=num_envs, max_draws=num_envs * (horizon + 1))
         self.ep_len = torch.zeros(num_envs, dtype=torch.long, device=self.wm.device)

@@ -14,12 +14,12 @@ from tqdm import tqdm
 
 from training.ddp import all_reduce_mean, barrier, broadcast_object, close_world, init_world
 from training.experience import OtherRank, RealGame, Recordings
+from training.graphed_updates import cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
 from training.imagination import Imagination, actor_critic_update
 from training.presets import ModelTraining, TrainConfig
 from training.run_dir import RunDir
 from training.segments import SegmentSampler
 from training.session import Session
-from training.updates import denoiser_update, rew_end_update
 
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
@@ -36,9 +36,14 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
         real = _real_experience(s)
+        # on a GPU each imagined step, and each update of the denoiser and of the reward/end model, is captured
+        # once as a CUDA graph and replayed (the updates not with several ranks: their gradients are averaged from
+        # Python; none with DREAMARCADE_CUDA_GRAPHS=0); the same work runs eagerly elsewhere
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
-                                  cfg.imagination.denoising_steps, s.generator)
+                                  cfg.imagination.denoising_steps, s.generator, cuda_graphs=cuda_graphs_enabled())
+        update_denoiser = graphed_denoiser_update(agent, optims["denoiser"])
+        update_rew_end = graphed_rew_end_update(agent, optims["rew_end"])
         ac_state = None  # the actor-critic's LSTM state, carried from one update to the next
         if not s.restored:
             metrics = real.start(s.counters)  # epoch 0: the initial collection
@@ -58,11 +63,11 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
             means = Means()
             for _ in _updates("denoiser", cfg.denoiser, epoch, s):
                 batch = samplers["denoiser"].sample().to(dev)
-                means.add("denoiser", denoiser_update(agent, batch, optims["denoiser"]))
+                means.add("denoiser", update_denoiser(batch))
             lap("denoiser")
             for _ in _updates("rew_end", cfg.rew_end, epoch, s):
                 batch = samplers["rew_end"].sample().to(dev)
-                means.add("rew_end", rew_end_update(agent, batch, optims["rew_end"]))
+                means.add("rew_end", update_rew_end(batch))
             lap("rew_end")
             for _ in _updates("actor_critic", cfg.actor_critic, epoch, s):
                 m, ac_state = actor_critic_update(agent, imagination, optims["actor_critic"], cfg.imagination,

@@ -45,7 +45,8 @@ class ModelOptimizer:
 
     Nothing here reads the device: the learning rate lives in a device tensor that the fused AdamW reads there
     (the schedule is advanced on the device too), and the gradient norm stays a tensor. So a GPU never waits
-    for the host here, as capturing the step in a CUDA graph would also need.
+    for the host here: `device_step` is what `training.graphed_updates` captures in a CUDA graph, and
+    `count_step` the host's bookkeeping done after each replay.
     """
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, grad_sync: Callable[[nn.Module], None] | None = None) -> None:
@@ -59,6 +60,7 @@ class ModelOptimizer:
         self._lr = torch.zeros((), device=device)  # LambdaLR(step / warmup) at step 0
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=self._lr, eps=cfg.eps,
                                            **_fast_kernel(device))
+        self._capturable = self.optimizer.param_groups[0]["capturable"]
         self._attach_lr()
 
     @property
@@ -71,16 +73,33 @@ class ModelOptimizer:
         return self._num_steps
 
     def step(self, loss: torch.Tensor) -> torch.Tensor:
+        grad_norm = self.device_step(loss)
+        self.count_step()
+        return grad_norm
+
+    def device_step(self, loss: torch.Tensor) -> torch.Tensor:
+        """`step`'s work on the device: backward, gradient sync, clipping, AdamW and the schedule's advance. It
+        neither reads nor changes host state, so a CUDA graph can capture it (`training.graphed_updates`); each
+        replay must be followed by `count_step`."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_sync is not None:
             self.grad_sync(self.model)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
-        self._num_steps += 1
         self._step += 1
         torch.mul(self._step.div(self._warmup).clamp_(max=1.0), self.cfg.lr, out=self._lr)
         return grad_norm.detach()
+
+    def count_step(self) -> None:
+        """`step`'s host bookkeeping (the step count behind `lr`, `num_steps` and the checkpoint)."""
+        self._num_steps += 1
+
+    def make_capturable(self) -> None:
+        """Marks AdamW capturable, which torch asks of an optimizer stepped inside a CUDA graph capture (the fused
+        kernel keeps its step count and lr on the device either way: the numbers do not change)."""
+        self._capturable = True
+        self._attach_lr()
 
     def state_dict(self) -> dict:
         # "scheduler" keeps the form of torch's LambdaLR state ("last_epoch": steps done)
@@ -94,9 +113,11 @@ class ModelOptimizer:
         self._attach_lr()
 
     def _attach_lr(self) -> None:
-        """Every parameter group reads the one device lr (a loaded state dict brings its own values)."""
+        """Every parameter group reads the one device lr and keeps this session's `capturable` (a loaded state dict
+        brings its own values)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr
+            group["capturable"] = self._capturable
 
 
 def _fast_kernel(device: torch.device) -> dict:

@@ -3,8 +3,9 @@
 The metrics are 0-dim device tensors (`lr` a float): nothing here waits for the device, and the caller reads
 them once per epoch.
 
-`dreamarcade bench` times these directly (denoiser batch 32 x 6 frames, reward/end 32 x 19); the loop calls
-them `steps_per_epoch` times. The actor-critic's update lives in `training.imagination` (it needs rollouts).
+The training loop and `dreamarcade bench` (denoiser batch 32 x 6 frames, reward/end 32 x 19) run them as
+`training.graphed_updates.GraphedUpdate`s: the same losses and optimizer step, captured as a CUDA
+graph on a GPU. The actor-critic's update lives in `training.imagination` (it needs rollouts).
 """
 from __future__ import annotations
 
@@ -15,27 +16,38 @@ from model.precision import TRAINING, autocast, channels_last_
 from training.optim import ModelOptimizer
 
 
-def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
-                    precision: str = TRAINING) -> dict:
-    """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}.
-    precision: a policy of `model.precision`: "float32" (training's), "bfloat16" (autocast, ~2x faster on bf16
-    CPUs) or "auto" (bfloat16 where native). float32 stays training's: the Catch learning test was tuned with it,
-    and on an H100 autocast was slower."""
+def denoiser_losses(agent, batch: Batch, generator: torch.Generator | None = None,
+                    precision: str = TRAINING) -> tuple[torch.Tensor, dict]:
+    """The denoiser's training loss on batch (B, T = 6, ...) -> (loss, {"loss_denoising"}): what an update
+    minimises. precision: a policy of `model.precision`: "float32" (training's), "bfloat16" (autocast, ~2x faster
+    on bf16 CPUs) or "auto" (bfloat16 where native). float32 stays training's: the Catch learning test was tuned
+    with it, and on an H100 autocast was slower."""
     channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)
-    grad_norm = optimizer.step(loss)
-    return {"loss_denoising": loss.detach(), "grad_norm": grad_norm, "lr": optimizer.lr}
+    return loss, {"loss_denoising": loss.detach()}
 
 
-def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str = TRAINING) -> dict:
-    """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...};
-    precision as `denoiser_update`'s."""
+def rew_end_losses(agent, batch: Batch, precision: str = TRAINING) -> tuple[torch.Tensor, dict]:
+    """The reward/end model's training loss on batch (B, T = 19, ...) -> (loss, {"loss_rew", "loss_end"});
+    precision as `denoiser_losses`'."""
     channels_last_(agent.rew_end).train()
     with autocast(agent.device, precision):
         loss_rew, loss_end = agent.rew_end.loss_terms(batch)
-    grad_norm = optimizer.step(loss_rew + loss_end)
-    return {"loss_rew": loss_rew.detach(), "loss_end": loss_end.detach(), "grad_norm": grad_norm, "lr": optimizer.lr}
+    return loss_rew + loss_end, {"loss_rew": loss_rew.detach(), "loss_end": loss_end.detach()}
+
+
+def denoiser_update(agent, batch: Batch, optimizer: ModelOptimizer, generator: torch.Generator | None = None,
+                    precision: str = TRAINING) -> dict:
+    """One optimizer step of the denoiser on batch (B, T = 6, ...) -> {"loss_denoising", "grad_norm", "lr"}."""
+    loss, metrics = denoiser_losses(agent, batch, generator, precision)
+    return metrics | {"grad_norm": optimizer.step(loss), "lr": optimizer.lr}
+
+
+def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: str = TRAINING) -> dict:
+    """One optimizer step of the reward/end model on batch (B, T = 19, ...) -> {"loss_rew", "loss_end", ...}."""
+    loss, metrics = rew_end_losses(agent, batch, precision)
+    return metrics | {"grad_norm": optimizer.step(loss), "lr": optimizer.lr}
 
 
 @torch.no_grad()
