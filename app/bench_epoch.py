@@ -4,7 +4,9 @@ A temporary run of the real game with the atari100k protocol (the paper's models
 100 real steps collected per epoch) trains for two epochs: epoch 1 warms up (allocations, cuDNN plans, CUDA
 graphs; a few updates), epoch 2 is the one measured, split into the loop's phases (`time/{phase}_s` in the run's metrics):
 collection, the denoiser's, reward/end's and actor-critic's updates (each with its batch sampling), and the
-checkpoint (checkpoint, weights and plots, `Session.save`). Evaluation is off the critical path: none runs.
+checkpoint: the time `Session.save` holds the loop (the state's snapshot, the plots, and waiting for the previous
+epoch's checkpoint and weights if their background write is not done). Evaluation is off the critical path:
+none runs.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def epoch_seconds(game: str = "Breakout", model: str = "atari100k", device: str 
     phases = {"collect": timed["time/collect_s"]}
     for phase in ("denoiser", "rew_end", "actor_critic"):
         phases[phase] = timed[f"time/{phase}_s"] * scale
-    # the checkpoint of an epoch is saved after its metrics are logged: epoch 1's, from the run's clock
+    # the checkpoint of an epoch is saved after its metrics are logged: epoch 1's, from the run's clock, which
+    # epoch 2's save reads after waiting for epoch 1's background write (so that wait counts here too)
     phases["checkpoint"] = timed["time/total_s"] - warm["time/total_s"] - timed["time/epoch_s"]
     total = sum(phases.values())
     return {"epoch_s": {"total": round(total, 2), **{k: round(v, 2) for k, v in phases.items()}},

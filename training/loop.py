@@ -32,6 +32,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     """
     world = init_world(device)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    s = None
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
@@ -87,7 +88,11 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         s.close()
         return summary
     finally:
-        close_world(world)
+        try:
+            if s is not None:  # also when interrupted: the last checkpoint is written whole, or its error raised
+                s.wait_saved()
+        finally:
+            close_world(world)
 
 
 def _real_experience(s: Session):
