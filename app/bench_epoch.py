@@ -37,17 +37,18 @@ def _config(game: str, model: str, updates: int, batch_size: int):
 
 
 def epoch_seconds(game: str = "Breakout", model: str = "atari100k", device: str = "cuda",
-                  updates: int = EPOCH_UPDATES, batch_size: int = 32,
+                  updates: int = EPOCH_UPDATES, batch_size: int = 32, compile_models: bool = False,
                   log=lambda s: None) -> dict:
     """-> {"epoch_s": {"total", "collect", "denoiser", "rew_end", "actor_critic", "checkpoint"},
     "run_hours_estimate", "epoch_updates"}. With updates < 400 the update phases are scaled to 400 (and
-    "epoch_updates" says how many ran); the other phases are as measured."""
+    "epoch_updates" says how many ran); the other phases are as measured. compile_models: as `train --compile`
+    (epoch 1 compiles)."""
     cfg = _config(game, model, updates, batch_size)
     with tempfile.TemporaryDirectory(prefix="dreamarcade-bench-") as tmp:
         log(f"epoch: initial collection and 2 epochs of {game} ({updates} updates per model) ...")
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the loop's progress lines
-            train(cfg, tmp, device=device, max_epochs=2, progress=False)
+            train(cfg, tmp, device=device, max_epochs=2, progress=False, compile_models=compile_models)
         log(f"epoch: done in {time.perf_counter() - t0:.0f} s")
         rows = {row["epoch"]: row for row in RunDir(tmp).read_metrics()}
     warm, timed = rows[1], rows[2]

@@ -17,8 +17,8 @@ from weights.errors import UserError
 
 
 class Snapshot:
-    """Copies of nested states on the CPU; the pinned buffers of GPU tensors are reused by the next `take`
-    (the writer has finished with them by then: `BackgroundWriter.submit` waits for the previous write)."""
+    """Copies of nested states on the CPU. The pinned buffers of GPU tensors are reused by the next `take`: the
+    caller waits for the write of the previous snapshot first (`BackgroundWriter.wait`)."""
 
     def __init__(self) -> None:
         self._pinned: dict[tuple, torch.Tensor] = {}

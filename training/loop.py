@@ -19,15 +19,18 @@ from training.presets import ModelTraining, TrainConfig
 from training.run_dir import RunDir
 from training.segments import SegmentSampler
 from training.session import Session
-from training.updates import denoiser_update, rew_end_update
+from training.updates import compile_updates, denoiser_update, rew_end_update
 
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
-          dataset: str | None = None, max_epochs: int | None = None, progress: bool = True) -> dict:
+          dataset: str | None = None, max_epochs: int | None = None, progress: bool = True,
+          compile_models: bool = False) -> dict:
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
     max_epochs: stop after this many epochs in total (a resumed run continues to it).
+    compile_models: `torch.compile` the world model's updates (`training.updates.compile_updates`); a run-time
+    option like the device, not part of the run's config.
     Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)
@@ -36,6 +39,8 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
+        if compile_models:
+            compile_updates(agent)
         real = _real_experience(s)
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
