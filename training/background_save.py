@@ -34,8 +34,10 @@ class Snapshot:
     def _copy(self, x, key: tuple, devices: set):
         if isinstance(x, torch.Tensor):
             x = x.detach()
-            if x.device.type != "cuda":
-                return x.to("cpu").clone()
+            if x.device.type == "cpu":
+                return x.clone()
+            if x.device.type != "cuda":  # mps, xpu...: a blocking copy
+                return x.to("cpu")
             buf = self._pinned.get(key)
             if buf is None or buf.shape != x.shape or buf.dtype != x.dtype:
                 buf = self._pinned[key] = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)

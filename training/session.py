@@ -76,7 +76,7 @@ class Session:
         self._unplotted = False
         self.last_epoch = 0  # where this session stops (training.loop sets it: --epochs or the run's end)
         self.update_seconds: dict[str, tuple[float, int]] = {}  # model -> (seconds, updates) of its last epoch
-        self._snapshot, self.writer = Snapshot(), BackgroundWriter()  # checkpoints written off the critical path
+        self._snapshot, self._writer = Snapshot(), BackgroundWriter()  # checkpoints written off the critical path
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
@@ -166,7 +166,7 @@ class Session:
         metrics, nor the weights newer than the checkpoint (a kill -9 at any moment resumes as before)."""
         c = self.counters
         if self.world.is_main:
-            self.writer.wait()
+            self._writer.wait()
         now = time.perf_counter()
         c.seconds += now - self._t_start
         self._t_start = now
@@ -179,7 +179,7 @@ class Session:
         info = {"game": self.cfg.game, "epoch": c.epoch, "real_steps": c.real_steps,
                 "source": "dreamarcade train", "preset_model": self.cfg.model}
         what = f"epoch {c.epoch}'s checkpoint and weights ({self.run.checkpoint_path}, {self.run.weights_path})"
-        self.writer.submit(partial(self._write, state, info), what)
+        self._writer.submit(partial(self._write, state, info), what)
         self._unplotted = True
         if now - self._t_plot >= PLOT_EVERY_S:  # and at the end of the session (close)
             self.plot()
@@ -192,7 +192,7 @@ class Session:
 
     def wait_saved(self) -> None:
         """Waits until the last `save`'s files are written; raises a `UserError` if they could not be."""
-        self.writer.wait()
+        self._writer.wait()
 
     def plot(self) -> None:
         self.run.plot()
@@ -229,7 +229,7 @@ class Session:
         summary = {"finished": True, "epoch": c.epoch, "real_steps": c.real_steps, "updates": c.updates,
                    "seconds": c.seconds, **final, **({"final/seed": eval_seed} if final else {})}
         if self.world.is_main:
-            self.writer.wait()  # the last checkpoint and weights are on disk before the run is marked finished
+            self._writer.wait()  # the last checkpoint and weights are on disk before the run is marked finished
             if final:
                 self.run.log(final, c.epoch)
                 self._unplotted = True
@@ -239,7 +239,7 @@ class Session:
     def close(self) -> None:
         """Waits for the last save's files; draws the curves of what was logged since they were last drawn;
         closes the run's logs."""
-        self.writer.wait()
+        self._writer.wait()
         if self._unplotted:
             self.plot()
         self.run.close()
