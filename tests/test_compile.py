@@ -44,6 +44,11 @@ def test_compiled_updates_match_eager_and_save_the_same_weights(tmp_path):
         torch.testing.assert_close(compiled.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
     assert any(not torch.equal(v, initial[k]) for k, v in eager.state_dict().items())  # the steps moved them
 
+    # the bfloat16 fast path (imagination and play on a GPU) converts deep copies: those must run eagerly
+    fast_copy = copy.deepcopy(compiled)
+    assert fast_copy.denoiser.inner_model._compiled_call_impl is None
+    assert fast_copy.rew_end.encoder._compiled_call_impl is None
+
     save_agent(compiled, tmp_path / "weights")
     loaded = load_agent(str(tmp_path / "weights"))
     assert list(loaded.state_dict()) == keys
