@@ -208,16 +208,17 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
               game: str = "Breakout", batch_size: int = 32, train_precision: str = TRAINING,
               imagination_precision: str = IMAGINATION, device: str = "cpu", epoch_updates: int = 400,
-              log: Callable[[str], None] = lambda s: None) -> dict:
+              compile_models: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
     measurements (32, the reference's; smaller only for smoke tests). train_precision, imagination_precision:
     policies (`model.precision`) of the denoiser and reward/end updates and of imagination's world model; the
     defaults are training's. The report holds what they resolve to on device. "epoch" in include: one real
-    training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model."""
+    training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model. compile_models: as
+    `train --compile` (`training.updates.compile_updates`) for the training figures; the warm-up runs compile."""
     r = repeats if repeats is not None else (1 if quick else 3)
     agent = make_agent(preset, device=device)
     report = machine(device)
-    report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size,
+    report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size, compile=compile_models,
                   train_precision=resolve(train_precision, device),
                   imagination_precision=resolve(imagination_precision, device))
 
@@ -230,6 +231,10 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             play[precision], play_cpu[precision] = round(wall, 2), round(c, 2)
         play["default"] = play_cpu["default"] = resolve(PLAY, device)
         report["play_step_ms"], cpu["play_step_ms"] = play, play_cpu
+    if compile_models:  # after the play step, which `play` runs eagerly
+        from training.updates import compile_updates
+
+        compile_updates(agent)
     for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
                           ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
@@ -247,7 +252,7 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
     if "epoch" in include:
         from app.bench_epoch import epoch_seconds
 
-        report.update(epoch_seconds(game, preset, str(device), epoch_updates, batch_size, log))
+        report.update(epoch_seconds(game, preset, str(device), epoch_updates, batch_size, compile_models, log))
     report["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return report
 

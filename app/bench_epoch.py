@@ -4,7 +4,9 @@ A temporary run of the real game with the atari100k protocol (the paper's models
 100 real steps collected per epoch) trains for two epochs: epoch 1 warms up (allocations, cuDNN plans, CUDA
 graphs; a few updates), epoch 2 is the one measured, split into the loop's phases (`time/{phase}_s` in the run's metrics):
 collection, the denoiser's, reward/end's and actor-critic's updates (each with its batch sampling), and the
-checkpoint (checkpoint, weights and plots, `Session.save`). Evaluation is off the critical path: none runs.
+checkpoint: the time `Session.save` holds the loop (the state's snapshot, the plots, and waiting for the previous
+epoch's checkpoint and weights if their background write is not done). Evaluation is off the critical path:
+none runs.
 """
 from __future__ import annotations
 
@@ -35,17 +37,18 @@ def _config(game: str, model: str, updates: int, batch_size: int):
 
 
 def epoch_seconds(game: str = "Breakout", model: str = "atari100k", device: str = "cuda",
-                  updates: int = EPOCH_UPDATES, batch_size: int = 32,
+                  updates: int = EPOCH_UPDATES, batch_size: int = 32, compile_models: bool = False,
                   log=lambda s: None) -> dict:
     """-> {"epoch_s": {"total", "collect", "denoiser", "rew_end", "actor_critic", "checkpoint"},
     "run_hours_estimate", "epoch_updates"}. With updates < 400 the update phases are scaled to 400 (and
-    "epoch_updates" says how many ran); the other phases are as measured."""
+    "epoch_updates" says how many ran); the other phases are as measured. compile_models: as `train --compile`
+    (epoch 1 compiles)."""
     cfg = _config(game, model, updates, batch_size)
     with tempfile.TemporaryDirectory(prefix="dreamarcade-bench-") as tmp:
         log(f"epoch: initial collection and 2 epochs of {game} ({updates} updates per model) ...")
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the loop's progress lines
-            train(cfg, tmp, device=device, max_epochs=2, progress=False)
+            train(cfg, tmp, device=device, max_epochs=2, progress=False, compile_models=compile_models)
         log(f"epoch: done in {time.perf_counter() - t0:.0f} s")
         rows = {row["epoch"]: row for row in RunDir(tmp).read_metrics()}
     warm, timed = rows[1], rows[2]
@@ -53,7 +56,8 @@ def epoch_seconds(game: str = "Breakout", model: str = "atari100k", device: str 
     phases = {"collect": timed["time/collect_s"]}
     for phase in ("denoiser", "rew_end", "actor_critic"):
         phases[phase] = timed[f"time/{phase}_s"] * scale
-    # the checkpoint of an epoch is saved after its metrics are logged: epoch 1's, from the run's clock
+    # the checkpoint of an epoch is saved after its metrics are logged: epoch 1's, from the run's clock, which
+    # epoch 2's save reads after waiting for epoch 1's background write (so that wait counts here too)
     phases["checkpoint"] = timed["time/total_s"] - warm["time/total_s"] - timed["time/epoch_s"]
     total = sum(phases.values())
     return {"epoch_s": {"total": round(total, 2), **{k: round(v, 2) for k, v in phases.items()}},

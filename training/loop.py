@@ -20,21 +20,28 @@ from training.presets import ModelTraining, TrainConfig
 from training.run_dir import RunDir
 from training.segments import SegmentSampler
 from training.session import Session
+from training.updates import compile_updates
 
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
-          dataset: str | None = None, max_epochs: int | None = None, progress: bool = True) -> dict:
+          dataset: str | None = None, max_epochs: int | None = None, progress: bool = True,
+          compile_models: bool = False) -> dict:
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
     max_epochs: stop after this many epochs in total (a resumed run continues to it).
+    compile_models: `torch.compile` the world model's updates (`training.updates.compile_updates`); a run-time
+    option like the device, not part of the run's config.
     Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    s = None
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
+        if compile_models:
+            compile_updates(agent)
         real = _real_experience(s)
         # on a GPU each imagined step, and each update of the denoiser and of the reward/end model, is captured
         # once as a CUDA graph and replayed (the updates not with several ranks: their gradients are averaged from
@@ -92,7 +99,11 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         s.close()
         return summary
     finally:
-        close_world(world)
+        try:
+            if s is not None:  # also when interrupted: the last checkpoint is written whole, or its error raised
+                s.wait_saved()
+        finally:
+            close_world(world)
 
 
 def _real_experience(s: Session):

@@ -129,11 +129,12 @@ class RunDir:
         except Exception as e:  # a truncated or foreign file: say which file
             raise UserError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
 
-    def save_weights(self, agent, metadata: dict) -> Path:
-        """Saves the agent in the dreamarcade format to RUN/weights/ (`weights.save_agent` writes atomically)."""
+    def save_weights(self, agent, metadata: dict, state: dict | None = None) -> Path:
+        """Saves the agent (or `state`, a snapshot of its state dict) in the dreamarcade format to RUN/weights/
+        (`weights.save_agent` writes atomically)."""
         from weights import save_agent
 
-        return save_agent(agent, self.weights_path, metadata=metadata)
+        return save_agent(agent, self.weights_path, metadata=metadata, state=state)
 
     # end of run
     def mark_finished(self, summary: dict) -> None:

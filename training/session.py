@@ -2,7 +2,8 @@
 
 A `Session` holds the agent, one optimizer per model, the segment samplers, the imagination's generator and
 the counters; `Session.open` builds them for a new run or restores them from the run's checkpoint, and
-`save` writes them (with the epoch's metrics, the weights and the plots) at the end of every epoch.
+`save` writes them (with the epoch's metrics, the weights and the plots) at the end of every epoch, the
+checkpoint and weights in the background (`training.background_save`).
 Where the real data comes from is `training.experience`; the recipe is `training.loop`.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from model.agent import Agent, AgentConfig
+from training.background_save import BackgroundWriter, Snapshot
 from training.ddp import World, average_gradients, broadcast_module
 from training.device_segments import DeviceEpisodes, DeviceSegmentSampler
 from training.episode_store import EpisodeStore
@@ -74,6 +76,7 @@ class Session:
         self._unplotted = False
         self.last_epoch = 0  # where this session stops (training.loop sets it: --epochs or the run's end)
         self.update_seconds: dict[str, tuple[float, int]] = {}  # model -> (seconds, updates) of its last epoch
+        self._snapshot, self._writer = Snapshot(), BackgroundWriter()  # checkpoints written off the critical path
 
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
@@ -157,8 +160,13 @@ class Session:
 
     # --- saving ---------------------------------------------------------------------------------------
     def save(self, metrics: dict) -> None:
-        """Logs the epoch's metrics, then writes the checkpoint, the weights and the plots (rank 0)."""
+        """Logs the epoch's metrics, then (rank 0) writes the checkpoint and the weights in the background, from a
+        snapshot taken now, and draws the plots. The previous epoch's write is waited for first (its error
+        raised), so its time counts here, and files land in order: a checkpoint is never newer than the
+        metrics, nor the weights newer than the checkpoint (a kill -9 at any moment resumes as before)."""
         c = self.counters
+        if self.world.is_main:
+            self._writer.wait()
         now = time.perf_counter()
         c.seconds += now - self._t_start
         self._t_start = now
@@ -167,13 +175,24 @@ class Session:
         metrics = {**metrics, "counters/real_steps": c.real_steps, "time/total_s": c.seconds,
                    **{f"counters/{m}_updates": n for m, n in c.updates.items()}}
         self.run.log(metrics, c.epoch)
-        self.run.save_checkpoint(self.state_dict())
-        self.run.save_weights(self.agent, {"game": self.cfg.game, "epoch": c.epoch, "real_steps": c.real_steps,
-                                           "source": "dreamarcade train", "preset_model": self.cfg.model})
+        state = self._snapshot.take(self.state_dict())  # nothing the next epoch changes in place
+        info = {"game": self.cfg.game, "epoch": c.epoch, "real_steps": c.real_steps,
+                "source": "dreamarcade train", "preset_model": self.cfg.model}
+        what = f"epoch {c.epoch}'s checkpoint and weights ({self.run.checkpoint_path}, {self.run.weights_path})"
+        self._writer.submit(partial(self._write, state, info), what)
         self._unplotted = True
         if now - self._t_plot >= PLOT_EVERY_S:  # and at the end of the session (close)
             self.plot()
         self._report(metrics)
+
+    def _write(self, state: dict, info: dict) -> None:
+        """In the writer's thread: the checkpoint, then the weights (each written atomically)."""
+        self.run.save_checkpoint(state)
+        self.run.save_weights(self.agent, info, state=state["agent"])
+
+    def wait_saved(self) -> None:
+        """Waits until the last `save`'s files are written; raises a `UserError` if they could not be."""
+        self._writer.wait()
 
     def plot(self) -> None:
         self.run.plot()
@@ -210,6 +229,7 @@ class Session:
         summary = {"finished": True, "epoch": c.epoch, "real_steps": c.real_steps, "updates": c.updates,
                    "seconds": c.seconds, **final, **({"final/seed": eval_seed} if final else {})}
         if self.world.is_main:
+            self._writer.wait()  # the last checkpoint and weights are on disk before the run is marked finished
             if final:
                 self.run.log(final, c.epoch)
                 self._unplotted = True
@@ -217,7 +237,9 @@ class Session:
         return summary
 
     def close(self) -> None:
-        """Draws the curves of what was logged since they were last drawn; closes the run's logs."""
+        """Waits for the last save's files; draws the curves of what was logged since they were last drawn;
+        closes the run's logs."""
+        self._writer.wait()
         if self._unplotted:
             self.plot()
         self.run.close()

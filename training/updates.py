@@ -50,6 +50,16 @@ def rew_end_update(agent, batch: Batch, optimizer: ModelOptimizer, precision: st
     return metrics | {"grad_norm": optimizer.step(loss), "lr": optimizer.lr}
 
 
+def compile_updates(agent, backend: str = "inductor") -> None:
+    """`--compile`: the networks of the denoiser's and the reward/end model's updates compiled in place with
+    `torch.compile` (`nn.Module.compile`: the same modules, so the same state_dict keys, checkpoints and
+    weights). The first updates compile (minutes on a GPU at the reference's size); the maths is the same, to
+    float rounding. Copies made from these modules (the bfloat16 fast path's) run eagerly. backend: torch.compile's
+    ("aot_eager" traces the same graphs, forward and backward, without generating kernels: the tests' choice)."""
+    agent.denoiser.inner_model.compile(backend=backend)  # the U-Net: the denoiser update's forward and backward
+    agent.rew_end.encoder.compile(backend=backend)  # the convolutions; the LSTM and heads stay eager
+
+
 @torch.no_grad()
 def denoiser_test_loss(agent, batches) -> dict:
     """Denoising loss over an iterable of batches (test episodes), weighted by their real targets; {} if none."""

@@ -50,12 +50,14 @@ def weights_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dtype: str = "float32") -> Path:
+def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dtype: str = "float32",
+               state: dict | None = None) -> Path:
     """Write `agent` (a model.Agent) to `path` atomically (temporary file, then rename).
 
     `path` ending in `.safetensors` is the file itself; anything else is a weights directory that
     receives `agent.safetensors`. `metadata` (JSON-safe dict: game, source, steps...) is stored in the
     header under `info`. `dtype` "float16"/"bfloat16" halves the file for shipping; loading gives float32.
+    `state`: the tensors to write instead of `agent.state_dict()` (a snapshot taken earlier, same keys).
     Returns the path of the file written.
     """
     if dtype not in _DTYPES:
@@ -73,7 +75,7 @@ def save_agent(agent, path: str | os.PathLike, metadata: dict | None = None, dty
         "info": json.dumps(info, sort_keys=True, default=str),
     }
     tensors = {}
-    for key, value in agent.state_dict().items():
+    for key, value in (agent.state_dict() if state is None else state).items():
         value = value.detach().to("cpu")
         if value.is_floating_point() and dtype != "float32":
             half = value.to(_DTYPES[dtype])

@@ -23,6 +23,7 @@ examples:
   dreamarcade bench --quick --only play
   dreamarcade bench --device cuda --json bench-gpu.json      (a GPU, with epoch_s: one real atari100k epoch)
   dreamarcade bench --only epoch --model tiny --game Catch --batch-size 2 --epoch-updates 2   (its smoke test)
+  dreamarcade bench --device cuda --only denoiser rew_end epoch --compile    (the same, torch.compile'd)
   dreamarcade bench --quick --model tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
 """
 
@@ -54,6 +55,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--imagination-precision", metavar="POLICY", default=argparse.SUPPRESS,
                    help="precision of imagination's world model: auto-gpu (default, what training uses: the bfloat16 "
                         "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto")
+    p.add_argument("--compile", action="store_true",
+                   help="opt-in: torch.compile the denoiser's and reward/end model's networks, as train --compile "
+                        "(compiled in the warm-up, which takes minutes on a GPU and longer on a CPU; the timed runs "
+                        "exclude it)")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     p.add_argument("--device", default="cpu",
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.model, quick=args.quick, repeats=args.repeats, include=tuple(parts),
                            game=args.game, batch_size=args.batch_size, device=device,
-                           epoch_updates=args.epoch_updates, **policies,
+                           epoch_updates=args.epoch_updates, compile_models=args.compile, **policies,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)

@@ -50,6 +50,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often fastest on a shared machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+    p.add_argument("--compile", action="store_true",
+                   help="opt-in: torch.compile the denoiser's and reward/end model's networks; the first updates "
+                        "take minutes to compile on a GPU (longer on a CPU). On an H100, before the sync-free "
+                        "updates: reward/end 706 vs 477 sequences/s, denoiser 237 vs 225 samples/s. Not saved "
+                        "in the run: give it again with --resume")
     return p
 
 
@@ -101,7 +106,7 @@ def run(args) -> int:
               f"its weights are in {run_dir.weights_path}")
         return 0
     summary = train(cfg, run_dir, device=str(device), resume=args.resume, dataset=args.dataset,
-                    max_epochs=args.epochs, progress=not args.no_progress)
+                    max_epochs=args.epochs, progress=not args.no_progress, compile_models=args.compile)
     if main_rank:
         print(_summary(summary, run_dir, args.epochs))
     return 0
