@@ -38,8 +38,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="timed runs per measurement, after warm-up (default 3, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer and shorter runs (noisier)")
     p.add_argument("--model", default="atari100k", metavar="SIZE",
-                   help="model size: atari100k (default, the reference's), small, small-residual (the shipped Breakout model), tiny (smoke tests); "
-                        "not a training one of `train`")
+                   help="model size: atari100k (default, the reference's), small, small-residual (the breakout "
+                        "training preset's), tiny (smoke tests); not a training one of `train`")
     p.add_argument("--preset", dest="model", help=argparse.SUPPRESS)  # its old name
     p.add_argument("--only", nargs="+", choices=PARTS, default=None, metavar="PART",
                    help=f"measure only these: {', '.join(PARTS)} (default: all; epoch, a real atari100k training "
