@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from app.bench import synthetic_batch
-from model import Agent
-from model.presets import tiny
 from training.graphed_updates import can_capture, cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
 from training.optim import ModelOptimizer, OptimConfig
 from training.updates import denoiser_update, rew_end_update
+from update_helpers import exact_device, filled_tiny_agent
 
 A = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,21 +27,13 @@ SEQ = {"denoiser": 6, "rew_end": 8}
 @pytest.fixture
 def device(request):
     """cpu, or cuda without TF32 (whose rounding would hide nothing but blur the comparison)."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device(request.param)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    with exact_device(request.param) as device:
+        yield device
 
 
 @pytest.fixture(scope="module")
 def agent():
-    torch.manual_seed(0)
-    agent = Agent(tiny(A))
-    with torch.no_grad():  # the zero-initialised output layers filled: nothing trivially zero
-        for p in agent.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(0, 0.3)
-    return agent
+    return filled_tiny_agent(A)
 
 
 def batch(model: str, seed: int, device):

@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from torch.distributions import Categorical
 
 from app.bench import synthetic_batch
-from model import Agent
-from model.presets import tiny
 from model.returns import ActorCriticLossConfig, actor_critic_loss
 from model.sampler import SamplerConfig
 from model.world_model_env import WorldModelEnv
@@ -20,6 +18,7 @@ from training.imagination import Imagination, actor_critic_update
 from training.optim import ModelOptimizer, OptimConfig, param_groups
 from training.presets import ImaginationConfig
 from training.updates import denoiser_update, rew_end_update
+from update_helpers import exact_device, filled_tiny_agent
 
 A = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,21 +28,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 @pytest.fixture(params=DEVICES)
 def device(request):
     """cpu, and cuda where there is one (without TF32, whose rounding depends on the batch size)."""
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield torch.device(request.param)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    with exact_device(request.param) as device:
+        yield device
 
 
 @pytest.fixture(scope="module")
 def agent():
-    torch.manual_seed(0)
-    agent = Agent(tiny(A))
-    with torch.no_grad():  # the zero-initialised output layers filled: nothing trivially zero
-        for p in agent.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(0, 0.3)
-    return agent
+    return filled_tiny_agent(A)
 
 
 class ContextStream:
