@@ -1,6 +1,7 @@
 """The EDM denoiser of the next frame, conditioned on the 4 previous frames and actions (diamond.md 1.2-1.3)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,14 @@ class DenoiserConfig:
     # False (the reference's): denoise the next frame. True: denoise its change from the last conditioning
     # frame, so an untrained network already repeats the last frame and the training goes to what moves
     residual: bool = False
+    # True (the reference's csgo branch): the conditioning frames get training noise too, at a level sigma_cond
+    # the network is told (a second Fourier embedding, `noise_cond_emb`), so it learns to correct a context
+    # that is not exact, as its own dreams are. ln(sigma_cond) ~ N(cond_sigma_loc, cond_sigma_scale); at
+    # sampling time the network is told sigma_cond = s_cond (the frames are used as they are)
+    noise_previous_obs: bool = False
+    cond_sigma_loc: float = -0.4
+    cond_sigma_scale: float = 1.2
+    s_cond: float = 0.005
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
@@ -56,6 +65,9 @@ class InnerModel(nn.Module):
     def __init__(self, cfg: DenoiserConfig, num_actions: int) -> None:
         super().__init__()
         self.noise_emb = FourierFeatures(cfg.cond_channels)
+        # the conditioning frames' noise level (`cfg.noise_previous_obs`); at sampling time s_cond's
+        self.noise_cond_emb = FourierFeatures(cfg.cond_channels) if cfg.noise_previous_obs else None
+        self.sampling_c_noise_cond = math.log(cfg.s_cond) / 4
         self.act_emb = nn.Sequential(
             nn.Embedding(num_actions, cfg.cond_channels // cfg.num_steps_conditioning),
             nn.Flatten(),  # (B, T, E) -> (B, T*E), time order
@@ -71,13 +83,20 @@ class InnerModel(nn.Module):
         self.conv_out = conv3x3(cfg.channels[0], cfg.img_channels)
         nn.init.zeros_(self.conv_out.weight)
 
-    def forward(self, noisy_next_obs: Tensor, c_noise: Tensor, obs: Tensor, act: Tensor) -> Tensor:
+    def forward(self, noisy_next_obs: Tensor, c_noise: Tensor, obs: Tensor, act: Tensor,
+                c_noise_cond: Tensor | None = None) -> Tensor:
         x = self.conv_in(torch.cat((obs, noisy_next_obs), dim=1))  # conditioning frames first
-        return self.trunk(x, self.condition(c_noise, act))
+        return self.trunk(x, self.condition(c_noise, act, c_noise_cond))
 
-    def condition(self, c_noise: Tensor, act: Tensor) -> Tensor:
-        """c_noise (B,), act (B, 4) -> the condition of every AdaGroupNorm (B, cond_channels)."""
-        return self.cond_proj(self.noise_emb(c_noise) + self.act_emb(act))
+    def condition(self, c_noise: Tensor, act: Tensor, c_noise_cond: Tensor | None = None) -> Tensor:
+        """c_noise (B,), act (B, 4) -> the condition of every AdaGroupNorm (B, cond_channels). c_noise_cond (B,):
+        the conditioning frames' ln(sigma_cond) / 4 with `noise_previous_obs` (None: sampling time's, s_cond)."""
+        emb = self.noise_emb(c_noise) + self.act_emb(act)
+        if self.noise_cond_emb is not None:
+            if c_noise_cond is None:
+                c_noise_cond = c_noise.new_full(c_noise.shape, self.sampling_c_noise_cond)
+            emb = emb + self.noise_cond_emb(c_noise_cond)
+        return self.cond_proj(emb)
 
     def trunk(self, x: Tensor, cond: Tensor | ScaleShift) -> Tensor:
         """Everything after conv_in: x (B, channels[0], H, W), cond (B, cond_channels) or its precomputed
@@ -121,13 +140,17 @@ class Denoiser(nn.Module):
             return None
         return obs[:, -1] if obs.ndim == 5 else obs[:, -self.cfg.img_channels:]
 
-    def network_output(self, noisy_next_obs: Tensor, obs: Tensor, act: Tensor, cs: Conditioners) -> Tensor:
-        """F for noisy_next_obs (B, 3, H, W), obs (B, 4, 3, H, W) or (B, 12, H, W) in [-1, 1], act (B, 4)."""
+    def network_output(self, noisy_next_obs: Tensor, obs: Tensor, act: Tensor, cs: Conditioners,
+                       c_noise_cond: Tensor | None = None) -> Tensor:
+        """F for noisy_next_obs (B, 3, H, W), obs (B, 4, 3, H, W) or (B, 12, H, W) in [-1, 1], act (B, 4).
+        c_noise_cond (B,): the conditioning frames' noise level in training (`noise_previous_obs`)."""
         base = self.base(obs)
         x = noisy_next_obs if base is None else noisy_next_obs - base
         if obs.ndim == 5:
             obs = obs.flatten(1, 2)
-        return self.inner_model(x * cs.c_in, cs.c_noise, obs / self.cfg.sigma_data, act)
+        args = (x * cs.c_in, cs.c_noise, obs / self.cfg.sigma_data, act)
+        # F's signature stays the reference's without noise_previous_obs (tests put other networks in its place)
+        return self.inner_model(*args) if c_noise_cond is None else self.inner_model(*args, c_noise_cond)
 
     @torch.no_grad()
     def wrap_output(self, noisy_next_obs: Tensor, output: Tensor, cs: Conditioners, base: Tensor | None = None) -> Tensor:
@@ -158,12 +181,23 @@ class Denoiser(nn.Module):
         s = torch.randn(n, device=self.device, generator=generator) * c.train_sigma_scale + c.train_sigma_loc
         return s.exp().clip(c.train_sigma_min, c.train_sigma_max)
 
+    def noise_obs(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Training noise on the conditioning frames (`noise_previous_obs`), as the reference's csgo branch: obs
+        (B, n*3, H, W) -> (obs + offset noise + sigma_cond * N(0, I), c_noise_cond (B,))."""
+        c, b = self.cfg, obs.shape[0]
+        ln_sigma = torch.randn(b, device=obs.device, generator=generator) * c.cond_sigma_scale + c.cond_sigma_loc
+        sigma_cond = ln_sigma.exp().clip(c.train_sigma_min, c.train_sigma_max)
+        offset = c.sigma_offset_noise * torch.randn(b, obs.shape[1], 1, 1, device=obs.device, generator=generator)
+        eps = torch.randn(obs.shape, device=obs.device, generator=generator)
+        return obs + offset + eps * sigma_cond.reshape(-1, 1, 1, 1), sigma_cond.log() / 4
+
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
         """Mean squared error in F-space over the non-padded targets (EDM's lambda = 1 / c_out^2 weighting).
 
         batch.obs (B, T, 3, H, W) with T = num_steps_conditioning + 1 + autoregressive steps (6 for Atari).
         Target t >= 4 is conditioned on the 4 frames before it, where frames at index >= 4 are replaced by
-        the model's own quantised one-step estimate (made at that step's random sigma), as the reference.
+        the model's own quantised one-step estimate (made at that step's random sigma), as the reference. With
+        `noise_previous_obs`, each target's 4 conditioning frames get fresh noise first (`noise_obs`).
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -175,6 +209,9 @@ class Denoiser(nn.Module):
         for i in range(num_targets):
             obs = torch.cat(frames[i : n + i], dim=1)  # (B, n*3, H, W), time order
             act = batch.act[:, i : n + i]
+            c_noise_cond = None
+            if self.cfg.noise_previous_obs:
+                obs, c_noise_cond = self.noise_obs(obs, generator)
             next_obs = frames[n + i]
             mask = batch.mask[:, n + i].to(next_obs.dtype).reshape(-1, 1, 1, 1)
 
@@ -184,7 +221,7 @@ class Denoiser(nn.Module):
             noisy_next_obs = next_obs + offset + eps * sigma.reshape(-1, 1, 1, 1)
 
             cs = self.conditioners(sigma)
-            output = self.network_output(noisy_next_obs, obs, act, cs)
+            output = self.network_output(noisy_next_obs, obs, act, cs, c_noise_cond)
             base = self.base(obs)
             if base is None:
                 target = (next_obs - cs.c_skip * noisy_next_obs) / cs.c_out
