@@ -45,10 +45,12 @@ def small(num_actions: int) -> AgentConfig:
 
 def small_residual(num_actions: int) -> AgentConfig:
     """`small` with a residual denoiser (`DenoiserConfig.residual`): it denoises the change from the last frame,
-    so it repeats the static parts of the screen from its first update and spends its training on what moves
-    (the shipped Breakout weights)."""
+    so it repeats the static parts of the screen from its first update and spends its training on what moves.
+    Its conditioning frames are noised in training (`noise_previous_obs`, ln sigma_cond ~ N(-2.5, 1.2): mostly
+    the size of a dream's own small errors), so that long dreams correct their errors instead of amplifying them
+    (the shipped Breakout weights' world model)."""
     cfg = small(num_actions)
-    return replace(cfg, denoiser=replace(cfg.denoiser, residual=True))
+    return replace(cfg, denoiser=replace(cfg.denoiser, residual=True, noise_previous_obs=True, cond_sigma_loc=-2.5))
 
 
 PRESETS = {"atari100k": atari100k, "small": small, "small-residual": small_residual, "tiny": tiny}

@@ -97,7 +97,8 @@ def test_world_model_env_of_an_untrained_residual_model_stays_near_the_frame():
     assert (next_obs - obs[:, -1]).abs().mean() < 0.1
 
 
-def test_small_residual_preset_is_small_with_a_residual_denoiser():
+def test_small_residual_preset_is_small_with_a_residual_denoiser_trained_on_noisy_contexts():
     a, b = PRESETS["small"](4), PRESETS["small-residual"](4)
-    assert b.denoiser.residual and not a.denoiser.residual
-    assert dataclasses.replace(b.denoiser, residual=False) == a.denoiser and b.rew_end == a.rew_end
+    assert b.denoiser.residual and b.denoiser.noise_previous_obs and not (a.denoiser.residual or a.denoiser.noise_previous_obs)
+    plain = dataclasses.replace(b.denoiser, residual=False, noise_previous_obs=False, cond_sigma_loc=a.denoiser.cond_sigma_loc)
+    assert plain == a.denoiser and b.rew_end == a.rew_end

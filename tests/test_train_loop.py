@@ -251,6 +251,34 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
     assert load_agent(str(tmp_path / "run" / "weights")).num_actions == 3  # inferred from the recordings
 
 
+def test_noisy_contexts_turned_on_in_config_json_before_a_resume(tmp_path, capsys):
+    """A world model trained without `noise_previous_obs` continues with it: set in RUN/config.json, then
+    --resume. The new noise_cond_emb buffer starts fresh (said in one line); every other weight continues."""
+    import training.toy_env  # noqa: F401
+    from training.collect import Collector, RandomPolicy, VecSource
+    from weights import load_agent
+
+    recordings, run = tmp_path / "recordings", tmp_path / "run"
+    collector = Collector(VecSource("dreamarcade/Catch-v0", 2, train=True), EpisodeStore(recordings), seed=0)
+    collector.collect(RandomPolicy(3, seed=0), num_episodes=6)
+    collector.close()
+    args = ["train", "--game", "Catch", "--preset", "tiny", "--dataset", str(recordings), "--run-dir", str(run),
+            "--seed", "0", "--no-progress"]
+    assert main([*args, "--epochs", "1"]) == 0
+    before = load_agent(str(run / "weights")).state_dict()
+    config = json.loads((run / "config.json").read_text())
+    config["agent"]["denoiser"].update(noise_previous_obs=True, cond_sigma_loc=-2.5)
+    (run / "config.json").write_text(json.dumps(config))
+    key = "denoiser.inner_model.noise_cond_emb.weight"
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "--epochs", "2"]) == 0
+    assert f"the checkpoint has no {key}" in capsys.readouterr().out
+    after = load_agent(str(run / "weights"))
+    assert after.config.denoiser.noise_previous_obs and key in after.state_dict()
+    assert metrics_epochs(run)[-1] == 2
+    changed = [k for k in before if not torch.equal(before[k], after.state_dict()[k])]
+    assert changed and all(k.startswith("denoiser.") or k.startswith("rew_end.") for k in changed)  # trained on
+
+
 def test_epoch_means_of_numbers_and_reused_device_tensors():
     from training.loop import Means
 

@@ -180,7 +180,8 @@ def cpu() -> TrainConfig:
 
 def breakout() -> TrainConfig:
     """The shipped Breakout world model: `cpu` with the residual denoiser (`small-residual`), which repeats the
-    static screen from its first updates and spends them on the paddle and the ball. Meant for world-model
+    static screen from its first updates and spends them on the paddle and the ball, and learns from noisy
+    contexts to correct its own errors, so that long dreams keep the board. Meant for world-model
     training on scripted play: `dreamarcade collect --game Breakout --out data/breakout`, then
     `dreamarcade train --game Breakout --preset breakout --dataset data/breakout`."""
     return dataclasses.replace(cpu(), model="small-residual")

@@ -31,6 +31,8 @@ from weights.errors import NotFound, UserError
 
 CHECKPOINT_VERSION = 1
 MODELS = ("denoiser", "rew_end", "actor_critic")
+# fixed random buffers that an option turned on in config.json before a --resume adds (`noise_previous_obs`)
+NEW_BUFFERS = ("denoiser.inner_model.noise_cond_emb.weight",)
 PLOT_EVERY_S = 60  # learning curves are redrawn at most this often (a few seconds each), and at the end
 
 
@@ -136,7 +138,7 @@ class Session:
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise UserError(f"{self.run.checkpoint_path}: checkpoint version {ckpt.get('version')!r}, "
                             f"expected {CHECKPOINT_VERSION}")
-        self.agent.load_state_dict(ckpt["agent"])
+        self.agent.load_state_dict(self._with_new_buffers(ckpt["agent"]))
         for m, o in self.optims.items():
             o.load_state_dict(ckpt["optimizers"][m])
         counters = dict(ckpt["counters"])
@@ -157,6 +159,17 @@ class Session:
                 torch.cuda.set_rng_state_all(rng["cuda"])
         else:
             _seed_everything(self.cfg.seed + self.world.rank + 104729 * self.counters.epoch)
+
+    def _with_new_buffers(self, state: dict) -> dict:
+        """The checkpoint's agent state, plus the fixed random buffers of an option turned on in config.json since
+        it was written (`noise_previous_obs`: the denoiser's noise_cond_emb), which start from this run's draw."""
+        own = self.agent.state_dict()
+        added = [k for k in NEW_BUFFERS if k in own and k not in state]
+        for key in added:
+            if self.world.is_main:
+                print(f"{self.run.path}: the checkpoint has no {key} (an option turned on in config.json since): "
+                      "it starts from a new random draw", flush=True)
+        return {**state, **{k: own[k] for k in added}}
 
     # --- saving ---------------------------------------------------------------------------------------
     def save(self, metrics: dict) -> None:

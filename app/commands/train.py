@@ -15,7 +15,8 @@ presets (--preset):
   atari100k   the paper: 100k real steps, 1000 epochs, reference-size models (days on one GPU)
   consumer    the paper's models and data with a quarter of the updates (about a day on one consumer GPU)
   cpu         the `small` model on an Atari game with a CPU budget
-  breakout    `cpu` with a residual denoiser, for world-model training on scripted play (collect, then --dataset)
+  breakout    `cpu` with a residual denoiser trained on noisy contexts, for world-model training on scripted
+              play (collect, then --dataset)
   tiny        a tiny model and a few hundred real steps: end to end on a CPU in minutes (smoke test)
   catch       for the toy game Catch (--game Catch): learns to catch the ball in a few CPU minutes
 
