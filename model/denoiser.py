@@ -175,21 +175,28 @@ class Denoiser(nn.Module):
         output = self.network_output(noisy_next_obs, obs, act, cs)
         return self.wrap_output(noisy_next_obs, output, cs, self.base(obs))
 
-    def sample_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Training noise levels (n,): log-normal, clipped (diamond.md 1.2)."""
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None,
+                     loc: float | None = None, scale: float | None = None) -> Tensor:
+        """Training noise levels (n,): log-normal, clipped (diamond.md 1.2); loc and scale default to the
+        next frame's (`train_sigma_loc`, `train_sigma_scale`)."""
         c = self.cfg
-        s = torch.randn(n, device=self.device, generator=generator) * c.train_sigma_scale + c.train_sigma_loc
+        loc = c.train_sigma_loc if loc is None else loc
+        scale = c.train_sigma_scale if scale is None else scale
+        s = torch.randn(n, device=self.device, generator=generator) * scale + loc
         return s.exp().clip(c.train_sigma_min, c.train_sigma_max)
+
+    def apply_noise(self, x: Tensor, sigma: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x (B, C, H, W) + offset noise (sigma_offset_noise, one value per sample and channel) + sigma (B,) *
+        N(0, I): the training noise of the next frame, and of the conditioning frames (`noise_obs`)."""
+        offset = self.cfg.sigma_offset_noise * torch.randn(*x.shape[:2], 1, 1, device=self.device, generator=generator)
+        eps = torch.randn(x.shape, device=self.device, generator=generator)
+        return x + offset + eps * sigma.reshape(-1, 1, 1, 1)
 
     def noise_obs(self, obs: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Training noise on the conditioning frames (`noise_previous_obs`), as the reference's csgo branch: obs
         (B, n*3, H, W) -> (obs + offset noise + sigma_cond * N(0, I), c_noise_cond (B,))."""
-        c, b = self.cfg, obs.shape[0]
-        ln_sigma = torch.randn(b, device=obs.device, generator=generator) * c.cond_sigma_scale + c.cond_sigma_loc
-        sigma_cond = ln_sigma.exp().clip(c.train_sigma_min, c.train_sigma_max)
-        offset = c.sigma_offset_noise * torch.randn(b, obs.shape[1], 1, 1, device=obs.device, generator=generator)
-        eps = torch.randn(obs.shape, device=obs.device, generator=generator)
-        return obs + offset + eps * sigma_cond.reshape(-1, 1, 1, 1), sigma_cond.log() / 4
+        sigma_cond = self.sample_sigma(obs.shape[0], generator, self.cfg.cond_sigma_loc, self.cfg.cond_sigma_scale)
+        return self.apply_noise(obs, sigma_cond, generator), sigma_cond.log() / 4
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> Tensor:
         """Mean squared error in F-space over the non-padded targets (EDM's lambda = 1 / c_out^2 weighting).
@@ -204,7 +211,7 @@ class Denoiser(nn.Module):
         if num_targets < 1:
             raise ValueError(f"denoiser loss needs more than {n} frames, got {batch.obs.shape[1]}")
         frames = list(batch.obs.unbind(1))
-        b, c = frames[0].shape[:2]
+        b = frames[0].shape[0]
         loss = batch.obs.new_zeros(())
         for i in range(num_targets):
             obs = torch.cat(frames[i : n + i], dim=1)  # (B, n*3, H, W), time order
@@ -216,9 +223,7 @@ class Denoiser(nn.Module):
             mask = batch.mask[:, n + i].to(next_obs.dtype).reshape(-1, 1, 1, 1)
 
             sigma = self.sample_sigma(b, generator)
-            offset = self.cfg.sigma_offset_noise * torch.randn(b, c, 1, 1, device=self.device, generator=generator)
-            eps = torch.randn(next_obs.shape, device=self.device, generator=generator)
-            noisy_next_obs = next_obs + offset + eps * sigma.reshape(-1, 1, 1, 1)
+            noisy_next_obs = self.apply_noise(next_obs, sigma, generator)
 
             cs = self.conditioners(sigma)
             output = self.network_output(noisy_next_obs, obs, act, cs, c_noise_cond)

@@ -230,17 +230,23 @@ def test_checkpoint_is_atomic_and_validated(tmp_path):
         run.load_checkpoint()
 
 
+def catch_recordings(path: Path, num_episodes: int) -> Path:
+    """An episode store of random play of Catch at path (a --dataset folder)."""
+    import training.toy_env  # noqa: F401
+    from training.collect import Collector, RandomPolicy, VecSource
+
+    collector = Collector(VecSource("dreamarcade/Catch-v0", 2, train=True), EpisodeStore(path), seed=0)
+    collector.collect(RandomPolicy(3, seed=0), num_episodes=num_episodes)
+    collector.close()
+    return path
+
+
 def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
     import dataclasses
 
-    import training.toy_env  # noqa: F401
-    from training.collect import Collector, RandomPolicy, VecSource
     from training.loop import train
 
-    recordings = tmp_path / "recordings"
-    collector = Collector(VecSource("dreamarcade/Catch-v0", 2, train=True), EpisodeStore(recordings), seed=0)
-    collector.collect(RandomPolicy(3, seed=0), num_episodes=10)
-    collector.close()
+    recordings = catch_recordings(tmp_path / "recordings", num_episodes=10)
     cfg = dataclasses.replace(get_preset("tiny"), game="my-recordings", seed=0)
     summary = train(cfg, tmp_path / "run", dataset=str(recordings), progress=False)
     assert summary["finished"] and summary["updates"]["actor_critic"] == 0
@@ -254,14 +260,9 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
 def test_noisy_contexts_turned_on_in_config_json_before_a_resume(tmp_path, capsys):
     """A world model trained without `noise_previous_obs` continues with it: set in RUN/config.json, then
     --resume. The new noise_cond_emb buffer starts fresh (said in one line); every other weight continues."""
-    import training.toy_env  # noqa: F401
-    from training.collect import Collector, RandomPolicy, VecSource
     from weights import load_agent
 
-    recordings, run = tmp_path / "recordings", tmp_path / "run"
-    collector = Collector(VecSource("dreamarcade/Catch-v0", 2, train=True), EpisodeStore(recordings), seed=0)
-    collector.collect(RandomPolicy(3, seed=0), num_episodes=6)
-    collector.close()
+    recordings, run = catch_recordings(tmp_path / "recordings", num_episodes=6), tmp_path / "run"
     args = ["train", "--game", "Catch", "--preset", "tiny", "--dataset", str(recordings), "--run-dir", str(run),
             "--seed", "0", "--no-progress"]
     assert main([*args, "--epochs", "1"]) == 0
