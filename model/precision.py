@@ -7,11 +7,14 @@ A policy is what a caller asks for; `resolve(policy, device)` turns it into a pr
 - "auto": "bfloat16" where the device runs it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else
   "float32": `play`'s default;
 - "auto-gpu": "auto" on a GPU, "float32" on a CPU: training's imagination (each imagined step one CUDA graph on a
-  GPU; on a CPU float32, what the Catch learning run was tuned with).
+  GPU; on a CPU float32: with the bfloat16 world model imagining, the Catch learning run fell short, 0.20 vs 0.93);
+- "auto-cpu": "auto" on a CPU, "float32" on a GPU: training's denoiser and reward/end updates (bfloat16 autocast
+  on a CPU with native bf16; on a GPU float32, each update one CUDA graph: autocast was slower on an H100).
 
 Measured for training on the reference-size model (random weights, synthetic batch): the denoiser and reward/end
-losses under autocast differ from float32 by ~3e-5 relative, and a training step is 1.9x (denoiser) and 2.2-2.7x
-(reward/end) faster on an AVX512-BF16 CPU.
+losses under autocast differ from float32 by ~3e-5 relative, and a training step is 1.9-2.4x (denoiser) and
+2.1-2.7x (reward/end) faster on an AVX512-BF16 CPU (AMD Zen 4); the Catch learning run passes with them (0.96,
+float32: 0.93). `train --precision float32` keeps the reference's numbers there.
 """
 from __future__ import annotations
 
@@ -20,11 +23,11 @@ import contextlib
 import torch
 
 PRECISIONS = ("float32", "bfloat16")
-POLICIES = ("auto", "auto-gpu", *PRECISIONS)
+POLICIES = ("auto", "auto-gpu", "auto-cpu", *PRECISIONS)
 
 # the default policy of each use
 PLAY = "auto"  # `play`'s world model and agent
-TRAINING = "float32"  # the denoiser and reward/end updates (bfloat16 autocast was slower on an H100)
+TRAINING = "auto-cpu"  # the denoiser and reward/end updates (bfloat16 autocast was slower on an H100)
 IMAGINATION = "auto-gpu"  # training's imagined games (the world model; the actor-critic trains in float32)
 EVALUATION = "float32"  # `eval --fidelity`: the reference's numbers
 
@@ -46,8 +49,8 @@ def resolve(policy: str, device: torch.device | str) -> str:
 
     Raises ValueError for anything else."""
     device = torch.device(device)
-    if policy == "auto-gpu":
-        policy = "auto" if device.type == "cuda" else "float32"
+    if policy in ("auto-gpu", "auto-cpu"):
+        policy = "auto" if (device.type == "cuda") == (policy == "auto-gpu") else "float32"
     if policy == "auto":
         return "bfloat16" if bf16_native(device) else "float32"
     if policy not in PRECISIONS:

@@ -299,3 +299,50 @@ def test_epochs_shows_where_this_session_stops_and_of_how_many(tmp_path, capsys)
     out = capsys.readouterr().out
     assert re.search(r"^epoch 1/1 \(of 3\) steps", out, re.M), out
     assert "stopped after epoch 1 (--epochs 1); continue with --resume" in out
+
+
+def test_train_precision_reaches_the_world_model_updates(tmp_path, capsys):
+    """`--precision` is said in the first lines and used: the same seeded run in float32 twice gives the same
+    denoiser and reward/end losses, in bfloat16 (autocast) slightly different ones."""
+    losses = {}
+    for name, precision in (("a", "float32"), ("b", "float32"), ("c", "bfloat16")):
+        run = tmp_path / name
+        argv = ["train", "--game", "Catch", "--preset", "tiny", "--run-dir", str(run), "--seed", "3", "--no-progress",
+                "--epochs", "1", "--precision", precision]
+        assert main(argv) == 0
+        assert f"precision: world-model updates {precision}, imagination {precision}" in capsys.readouterr().out
+        row = [r for r in RunDir(run).read_metrics() if r["epoch"] == 1][0]
+        losses[name] = [row[k] for k in ("denoiser/train/loss_denoising", "rew_end/train/loss_rew",
+                                         "rew_end/train/loss_end")]
+    assert losses["a"] == losses["b"]
+    assert losses["c"] != losses["a"] and losses["c"] == pytest.approx(losses["a"], rel=0.05)
+
+
+def test_init_weights_start_a_new_run_from_weights(tmp_path, capsys):
+    """`--init-weights`: a new run takes the weights' model (here the shipped small-residual one, not the tiny
+    preset's) and values, with fresh optimizers; weights that do not fit, or a resume, are refused first."""
+    from weights.format import load_agent_file, read_weights_info
+
+    shipped = ROOT / "weights" / "shipped" / "Breakout.safetensors"
+    run = tmp_path / "ft"
+    argv = ["train", "--game", "Breakout", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress",
+            "--epochs", "1", "--init-weights", str(shipped)]
+    assert main(argv) == 0
+    assert f"initial weights: {shipped} (3500 denoiser updates)" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["init_weights"] == str(shipped)
+    assert config["agent"] == read_weights_info(shipped)["agent_config"]
+    c = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert c["optimizers"]["denoiser"]["scheduler"]["last_epoch"] == get_preset("tiny").denoiser.steps_first_epoch
+    start, now = load_agent_file(shipped).state_dict(), load_agent_file(run / "weights").state_dict()
+    moved = max(float((now[k] - v).abs().max()) for k, v in start.items() if k.startswith("denoiser."))
+    assert 0 < moved < 0.01  # a few warm-up steps from the shipped values (a fresh model differs by ~0.1-1)
+
+    for bad, message in (
+        (["--game", "Pong", "--preset", "tiny", "--run-dir", str(tmp_path / "pong")], "trained on Breakout, not Pong"),
+        (["--game", "Breakout", "--preset", "tiny", "--run-dir", str(run)], "already holds a training run"),
+        (["--run-dir", str(run), "--resume"], "--init-weights starts a new run"),
+    ):
+        assert main(["train", *bad, "--init-weights", str(shipped)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "pong").exists()

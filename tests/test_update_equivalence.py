@@ -246,7 +246,7 @@ def test_rew_end_update_matches_the_previous_implementation(agent, device):
         batch = padded_batch(8, seed=i).to(device)
         loss_rew, loss_end = reference_rew_end_loss(ref_model.train(), batch)
         ref_norm = ref_opt.step(loss_rew + loss_end)
-        m = rew_end_update(new_agent, batch, new_opt)
+        m = rew_end_update(new_agent, batch, new_opt, precision="float32")  # the maths, not a CPU's bf16 default
         assert float(m["loss_rew"]) == pytest.approx(loss_rew.item(), rel=1e-5)
         assert float(m["loss_end"]) == pytest.approx(loss_end.item(), rel=1e-5)
         assert float(m["grad_norm"]) == pytest.approx(ref_norm, rel=1e-5)
@@ -264,7 +264,8 @@ def test_denoiser_update_matches_the_previous_implementation(agent, device):
         batch = padded_batch(6, seed=i).to(device)
         loss = ref_model.train().loss(batch, generator=torch.Generator(device).manual_seed(i))
         ref_norm = ref_opt.step(loss)
-        m = denoiser_update(new_agent, batch, new_opt, generator=torch.Generator(device).manual_seed(i))
+        m = denoiser_update(new_agent, batch, new_opt, generator=torch.Generator(device).manual_seed(i),
+                            precision="float32")
         assert float(m["loss_denoising"]) == pytest.approx(loss.item(), rel=1e-5)
         assert float(m["grad_norm"]) == pytest.approx(ref_norm, rel=1e-5)
         assert m["lr"] == ref_opt.scheduler.get_last_lr()[0]

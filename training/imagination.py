@@ -53,7 +53,7 @@ class Imagination:
                  precision: str = IMAGINATION, cuda_graphs: bool = True) -> None:
         self.num_envs, self.horizon = num_envs, horizon
         # a policy of model.precision; training's ("auto-gpu"): the fast world model, each step one CUDA graph
-        # (unless cuda_graphs is False), on a GPU with bfloat16; float32 on a CPU (what the Catch run was tuned with)
+        # (unless cuda_graphs is False), on a GPU with bfloat16; float32 on a CPU (what the Catch run learns with)
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
                                 precision=precision, cuda_graphs=cuda_graphs)
         # refilled every `horizon` steps, which take at most B contexts each (plus B for a reset)

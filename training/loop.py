@@ -12,6 +12,7 @@ import time
 
 from tqdm import tqdm
 
+from model.precision import IMAGINATION, TRAINING
 from training.ddp import all_reduce_mean, barrier, broadcast_object, close_world, init_world
 from training.experience import OtherRank, RealGame, Recordings
 from training.graphed_updates import cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
@@ -25,20 +26,24 @@ from training.updates import compile_updates
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
           dataset: str | None = None, max_epochs: int | None = None, progress: bool = True,
-          compile_models: bool = False) -> dict:
+          compile_models: bool = False, precision: str = "auto", init=None) -> dict:
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
     max_epochs: stop after this many epochs in total (a resumed run continues to it).
     compile_models: `torch.compile` the world model's updates (`training.updates.compile_updates`); a run-time
     option like the device, not part of the run's config.
+    init: a model.Agent a new run starts from (its model and weights, fresh optimizers: `train --init-weights`).
+    precision: "auto" (training's policies, `model.precision`: on a CPU with native bf16 the world model's updates
+    under bfloat16 autocast and imagination in float32; on a GPU float32 updates and bfloat16 imagination), or
+    "float32" / "bfloat16" for both. The actor-critic always trains in float32. A run-time option.
     Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     s = None
     try:
-        s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress)
+        s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress, init=init)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
         if compile_models:
             compile_updates(agent)
@@ -48,9 +53,12 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         # Python; none with DREAMARCADE_CUDA_GRAPHS=0); the same work runs eagerly elsewhere
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
-                                  cfg.imagination.denoising_steps, s.generator, cuda_graphs=cuda_graphs_enabled())
-        update_denoiser = graphed_denoiser_update(agent, optims["denoiser"])
-        update_rew_end = graphed_rew_end_update(agent, optims["rew_end"])
+                                  cfg.imagination.denoising_steps, s.generator,
+                                  precision=IMAGINATION if precision == "auto" else precision,
+                                  cuda_graphs=cuda_graphs_enabled())
+        updates_precision = TRAINING if precision == "auto" else precision
+        update_denoiser = graphed_denoiser_update(agent, optims["denoiser"], precision=updates_precision)
+        update_rew_end = graphed_rew_end_update(agent, optims["rew_end"], updates_precision)
         ac_state = None  # the actor-critic's LSTM state, carried from one update to the next
         if not s.restored:
             metrics = real.start(s.counters)  # epoch 0: the initial collection

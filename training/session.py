@@ -83,9 +83,12 @@ class Session:
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
     def open(cls, cfg: TrainConfig | None, run: RunDir, world: World, resume: bool, dataset: str | None,
-             progress: bool) -> "Session":
+             progress: bool, init: Agent | None = None) -> "Session":
         """A new run (cfg given, config.json written) or the run in `run` restored from its checkpoint.
-        Raises UserError for a finished run, a run to resume that does not exist, or one started again."""
+        init: for a new run, an agent whose model (config and weights) the run starts from instead of the
+        preset's, fresh optimizers (fine-tuning); its `weights_info["source"]` is written to config.json.
+        Raises UserError for a finished run, a run to resume that does not exist, or one started again, and for
+        init weights with another action count than the game's."""
         if run.is_finished:
             raise UserError(f"{run.path}: this run is finished (see {run.finished_path}); nothing to do")
         if resume:
@@ -105,13 +108,22 @@ class Session:
             if dataset:
                 cfg = static_dataset_config(cfg)
             agent_cfg = agent_config(cfg, _num_actions(cfg.game, dataset))
+            extra = {}
+            if init is not None:
+                if init.num_actions != agent_cfg.num_actions:
+                    raise UserError(f"the initial weights have {init.num_actions} actions but {cfg.game} has "
+                                    f"{agent_cfg.num_actions}: they were trained on another game")
+                agent_cfg = init.config
+                extra["init_weights"] = str(getattr(init, "weights_info", {}).get("source", "an agent"))
             if world.is_main:
                 run.write_config({"train": cfg.to_dict(), "agent": agent_cfg.to_dict(), "dataset": dataset,
-                                  "world_size": world.world_size})
+                                  "world_size": world.world_size, **extra})
         store = EpisodeStore(dataset, static=True) if dataset else EpisodeStore(run.store_path)
         if dataset and store.num_episodes == 0:
             raise UserError(f"{dataset}: no episodes (.npz files) found")
         s = cls(cfg, agent_cfg, run, world, store, dataset, progress)
+        if init is not None and not resume:
+            s.agent.load_state_dict(init.state_dict())
         ckpt = run.load_checkpoint() if resume else None
         if ckpt is not None:
             s.load_state_dict(ckpt)

@@ -19,9 +19,9 @@ from training.optim import ModelOptimizer
 def denoiser_losses(agent, batch: Batch, generator: torch.Generator | None = None,
                     precision: str = TRAINING) -> tuple[torch.Tensor, dict]:
     """The denoiser's training loss on batch (B, T = 6, ...) -> (loss, {"loss_denoising"}): what an update
-    minimises. precision: a policy of `model.precision`: "float32" (training's), "bfloat16" (autocast, ~2x faster
-    on bf16 CPUs) or "auto" (bfloat16 where native). float32 stays training's: the Catch learning test was tuned
-    with it, and on an H100 autocast was slower."""
+    minimises. precision: a policy of `model.precision`: "auto-cpu" (training's: bfloat16 autocast on a CPU with
+    native bf16, ~2x faster there, and float32 on a GPU, where autocast was slower on an H100), "float32",
+    "bfloat16" or "auto"."""
     channels_last_(agent.denoiser).train()
     with autocast(agent.device, precision):
         loss = agent.denoiser.loss(batch, generator=generator)

@@ -48,13 +48,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="updates per model in the timed epoch (default 400, atari100k's; fewer are scaled to 400)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B",
                    help="batch of the training measurements (default 32, the reference's; smaller for smoke tests)")
-    # precision policies (model.precision: auto, auto-gpu, float32, bfloat16); unset: training's
+    # precision policies (model.precision: auto, auto-gpu, auto-cpu, float32, bfloat16); unset: training's
     p.add_argument("--train-precision", metavar="POLICY", default=argparse.SUPPRESS,
-                   help="precision of the denoiser and reward/end updates: float32 (default, what training uses), "
-                        "bfloat16 (autocast, ~2x on CPUs with native bf16), auto (bfloat16 where native)")
+                   help="precision of the denoiser and reward/end updates: auto-cpu (default, what training uses: "
+                        "bfloat16 autocast on a CPU with native bf16, ~2x there; float32 on a GPU), float32, "
+                        "bfloat16, auto (bfloat16 wherever native)")
     p.add_argument("--imagination-precision", metavar="POLICY", default=argparse.SUPPRESS,
                    help="precision of imagination's world model: auto-gpu (default, what training uses: the bfloat16 "
-                        "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto")
+                        "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto, auto-cpu")
     p.add_argument("--compile", action="store_true",
                    help="opt-in: torch.compile the denoiser's and reward/end model's networks, as train --compile "
                         "(compiled in the warm-up, which takes minutes on a GPU and longer on a CPU; the timed runs "

@@ -56,6 +56,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "take minutes to compile on a GPU (longer on a CPU). On an H100, before the sync-free "
                         "updates: reward/end 706 vs 477 sequences/s, denoiser 237 vs 225 samples/s. Not saved "
                         "in the run: give it again with --resume")
+    p.add_argument("--init-weights", metavar="SOURCE",
+                   help="start a new run from these weights instead of the preset's fresh model: a local path, "
+                        "hf://OWNER/REPO[/PATH][@REV] or diamond (as `play --weights`); the run's model is the "
+                        "weights' own (architecture and values), its optimizers start fresh (fine-tuning)")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="auto (default): on a CPU with native bfloat16 (AVX512-BF16 or AMX) the denoiser's and "
+                        "reward/end model's updates run under bfloat16 autocast (about 2x faster), imagination in "
+                        "float32; on a GPU float32 updates (CUDA graphs) and bfloat16 imagination. float32: the "
+                        "reference's numbers everywhere; bfloat16: both in bfloat16. The actor-critic always "
+                        "trains in float32. Not saved in the run")
     return p
 
 
@@ -71,6 +81,8 @@ def run(args) -> int:
     if args.preset is not None and args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.resume:
+        if args.init_weights:
+            raise UserError("--init-weights starts a new run; a resumed run continues from its checkpoint")
         if not args.run_dir:
             raise UserError("--resume needs --run-dir DIR (the run to continue)")
         game = preset = None
@@ -93,6 +105,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if main_rank:
         print(describe_device(device, args.device), flush=True)
+        print(_precision_line(args.precision, device, agent=not _dataset(args)), flush=True)
 
     from training.loop import train
     from training.presets import get_preset
@@ -101,16 +114,69 @@ def run(args) -> int:
     cfg = None
     if preset is not None:
         cfg = dataclasses.replace(get_preset(preset), game=game, seed=args.seed)
+    init = None
+    if args.init_weights:  # before the run folder exists: weights that do not fit leave nothing behind
+        if (Path(args.run_dir) / "config.json").exists():
+            raise UserError(f"{args.run_dir} already holds a training run: --init-weights starts a new one "
+                            "(choose another --run-dir)")
+        init = _initial_weights(args.init_weights, game, main_rank)
     run_dir = RunDir(args.run_dir)
     if run_dir.is_finished:
         print(f"{run_dir.path}: this run is finished (see {run_dir.finished_path}); "
               f"its weights are in {run_dir.weights_path}")
         return 0
     summary = train(cfg, run_dir, device=str(device), resume=args.resume, dataset=args.dataset,
-                    max_epochs=args.epochs, progress=not args.no_progress, compile_models=args.compile)
+                    max_epochs=args.epochs, progress=not args.no_progress, compile_models=args.compile,
+                    precision=args.precision, init=init)
     if main_rank:
         print(_summary(summary, run_dir, args.epochs))
     return 0
+
+
+def _dataset(args) -> str | None:
+    """The static dataset of the run: --dataset, or for --resume the one in its config.json."""
+    import json
+    from pathlib import Path
+
+    config = Path(args.run_dir) / "config.json" if args.resume and args.run_dir else None
+    if config is not None and config.exists():
+        try:
+            return json.loads(config.read_text()).get("dataset")
+        except (OSError, ValueError, AttributeError):
+            return None  # the run's own checks report a bad config.json
+    return args.dataset
+
+
+def _initial_weights(source: str, game: str, main_rank: bool):
+    """The agent of `train --init-weights SOURCE` (on the CPU; the run moves it), checked against the game."""
+    from training.games import resolve_game
+    from weights import load_agent
+
+    agent = load_agent(source, game)
+    trained_on = agent.weights_info.get("game")
+    if trained_on and resolve_game(trained_on) != game:
+        raise UserError(f"the weights {source} were trained on {resolve_game(trained_on)}, not {game}")
+    if main_rank:
+        info = agent.weights_info
+        updates = info.get("denoiser_updates")
+        print(f"initial weights: {info.get('file', source)}"
+              + (f" ({updates} denoiser updates)" if updates is not None else ""), flush=True)
+    return agent
+
+
+def _precision_line(precision: str, device, agent: bool = True) -> str:
+    """One line saying in which precision the world model trains and imagines (`train --precision`); agent:
+    False in static-dataset mode, where no agent trains."""
+    from model.precision import IMAGINATION, TRAINING, resolve
+
+    updates, imagination = ((resolve(TRAINING, device), resolve(IMAGINATION, device)) if precision == "auto"
+                            else (precision, precision))
+    line = f"precision: world-model updates {updates}"
+    if agent:
+        line += f", imagination {imagination}"
+    if precision == "auto":
+        line += " (auto: native bfloat16 here)" if "bfloat16" in (updates, imagination) else " (auto)"
+    return line + ("; the actor-critic trains in float32" if agent else "")
 
 
 def _summary(summary: dict, run_dir, asked_epochs: int | None) -> str:
