@@ -1,0 +1,64 @@
+"""Average several weight files of one model (snapshots of one training run, epoch by epoch), as a cheap stand-in
+for an exponential moving average of the weights: a run trained at a constant learning rate wanders from epoch to
+epoch (a colour tint one epoch, a blur the next), and the mean of its last snapshots keeps what they share.
+
+    python -m weights.average OUT.safetensors RUN/snapshots/e10.safetensors ... [--actor-critic FILE] [--dtype float16]
+
+--actor-critic takes the actor-critic from another weights file of the same architecture (a static-dataset run
+trains none). The metadata is the last input's, plus "averaged" (the input files and their epochs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from weights.errors import UserError
+from weights.format import load_agent_file, read_weights_info, save_agent
+
+
+def average(files: list[str], actor_critic: str | None = None):
+    """-> (agent holding the mean of the files' floating-point tensors, metadata). Raises UserError for files of
+    different models."""
+    if not files:
+        raise UserError("nothing to average: give at least one weights file")
+    agents = [load_agent_file(f) for f in files]
+    for f, a in zip(files[1:], agents[1:]):
+        if a.config != agents[0].config:
+            raise UserError(f"{f}: another model than {files[0]}; only snapshots of one model can be averaged")
+    states = [a.state_dict() for a in agents]
+    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+    agent = agents[0]
+    agent.load_state_dict(mean)
+    info = read_weights_info(files[-1])["info"]
+    info["averaged"] = [{"file": str(f), "epoch": read_weights_info(f)["info"].get("epoch")} for f in files]
+    if actor_critic is not None:
+        other = load_agent_file(actor_critic)
+        try:
+            agent.actor_critic.load_state_dict(other.actor_critic.state_dict())
+        except RuntimeError as e:
+            raise UserError(f"{actor_critic}: its actor-critic does not fit this model ({e})") from None
+        info["actor_critic_from"] = str(actor_critic)
+    return agent, info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m weights.average", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="the weights file to write (.safetensors) or a weights directory")
+    p.add_argument("files", nargs="+", help="weights files of one model")
+    p.add_argument("--actor-critic", metavar="FILE", help="take the actor-critic from this weights file")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    args = p.parse_args(argv)
+    try:
+        agent, info = average(args.files, args.actor_critic)
+        print(save_agent(agent, args.out, metadata=info, dtype=args.dtype))
+    except (UserError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
