@@ -100,3 +100,36 @@ def test_actor_critic_update_learns_the_value_of_a_paying_world():
     with torch.no_grad():
         value = agent.actor_critic(frames)[1]
     assert (value > 0.02).all(), value
+
+
+def test_imagination_sees_every_world_model_update():
+    """After each denoiser or reward/end update, imagination's bfloat16 world model (`model.fast`) and the context
+    pool's reward/end burn-in are re-made from the new weights: fused AdamW writes the weights without bumping
+    their version counters, so the optimizer bumps them (before, a CPU run imagined with the first weights)."""
+    from model.fast import _fingerprint
+    from training.graphed_updates import graphed_denoiser_update, graphed_rew_end_update
+    from training.context_pool import _weights_key
+    from app.bench import synthetic_batch
+
+    torch.manual_seed(1)
+    a = Agent(tiny(A))
+    im = Imagination(a, random_contexts, num_envs=2, horizon=2, denoising_steps=1, precision="bfloat16")
+    im.reset()
+    im.step(torch.zeros(2, dtype=torch.long))
+    fast = im.wm._fast
+    for model, make, seq in (("denoiser", graphed_denoiser_update, 6), ("rew_end", graphed_rew_end_update, 19)):
+        net = getattr(a, model)
+        opt = ModelOptimizer(net, OptimConfig(warmup_steps=1))
+        update = make(a, opt)
+        update(synthetic_batch(2, seq, 64, A, seed=0))  # learning rate 0; its weights go channels-last (new storage)
+        im.step(torch.zeros(2, dtype=torch.long))
+        copy_key, pool_key = _fingerprint(net), _weights_key(a.rew_end)
+        update(synthetic_batch(2, seq, 64, A, seed=1))  # in place: same storage, new values
+        assert _fingerprint(net) != copy_key
+        im.step(torch.zeros(2, dtype=torch.long))  # syncs the fast copy before stepping
+        inner = net.inner_model if model == "denoiser" else net
+        copied = getattr(fast, model).net.module
+        for (name, p), q in zip(inner.named_parameters(), copied.parameters()):
+            assert torch.equal(q, p.detach().to(torch.bfloat16)), name  # the updated weights, not the first ones
+        if model == "rew_end":
+            assert _weights_key(a.rew_end) != pool_key  # the pool burns its contexts in again

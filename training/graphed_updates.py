@@ -70,7 +70,6 @@ class GraphedUpdate:
         self.outputs: dict | None = None  # the graph's metrics, overwritten by each replay
         self._eager_calls = 0
         self._stream: torch.cuda.Stream | None = None  # the warm-up's and the capture's
-        self._params = [p for p in optimizer.model.parameters() if p.requires_grad]
 
     @property
     def captured(self) -> bool:
@@ -86,11 +85,8 @@ class GraphedUpdate:
             if self.graph is None:
                 self._capture()
             self.graph.replay()
-            # the replay changed the weights behind torch's back: say so, as an in-place op would (the world
-            # model's bfloat16 copy, `model.fast`, is re-made when their versions change)
-            torch.autograd.graph.increment_version(self._params)
             metrics = {k: v.clone() for k, v in self.outputs.items()}
-        self.optimizer.count_step()
+        self.optimizer.count_step()  # which also bumps the weights' versions: the replay changed them unseen
         return metrics | {"lr": self.optimizer.lr}
 
     def _load(self, batch: Batch) -> None:

@@ -52,8 +52,8 @@ class Imagination:
                  denoising_steps: int = 3, generator: torch.Generator | None = None,
                  precision: str = IMAGINATION, cuda_graphs: bool = True) -> None:
         self.num_envs, self.horizon = num_envs, horizon
-        # a policy of model.precision; training's ("auto-gpu"): the fast world model, each step one CUDA graph
-        # (unless cuda_graphs is False), on a GPU with bfloat16; float32 on a CPU (what the Catch run learns with)
+        # a policy of model.precision; training's ("auto"): the fast bfloat16 world model where the device runs
+        # bf16 natively (on a GPU each step one CUDA graph, unless cuda_graphs is False), else float32
         self.wm = WorldModelEnv(agent, SamplerConfig(num_steps_denoising=denoising_steps), generator=generator,
                                 precision=precision, cuda_graphs=cuda_graphs)
         # refilled every `horizon` steps, which take at most B contexts each (plus B for a reset)

@@ -35,8 +35,9 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     option like the device, not part of the run's config.
     init: a model.Agent a new run starts from (its model and weights, fresh optimizers: `train --init-weights`).
     precision: "auto" (training's policies, `model.precision`: on a CPU with native bf16 the world model's updates
-    under bfloat16 autocast and imagination in float32; on a GPU float32 updates and bfloat16 imagination), or
-    "float32" / "bfloat16" for both. The actor-critic always trains in float32. A run-time option.
+    under bfloat16 autocast and imagination's world model in bfloat16; on a GPU float32 updates and bfloat16
+    imagination), or "float32" / "bfloat16" for both. The actor-critic always trains in float32. A run-time
+    option.
     Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)

@@ -62,6 +62,7 @@ class ModelOptimizer:
                                            **_fast_kernel(device))
         self._capturable = self.optimizer.param_groups[0]["capturable"]
         self._attach_lr()
+        self._params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
     @property
     def lr(self) -> float:
@@ -92,8 +93,12 @@ class ModelOptimizer:
         return grad_norm.detach()
 
     def count_step(self) -> None:
-        """`step`'s host bookkeeping (the step count behind `lr`, `num_steps` and the checkpoint)."""
+        """`step`'s host bookkeeping (the step count behind `lr`, `num_steps` and the checkpoint), and telling torch
+        that the weights changed: fused AdamW (and a CUDA graph's replay) writes them without bumping their
+        version counters, and the copies made from them (the world model's bfloat16 copy, `model.fast`; the
+        context pool's reward/end burn-in, `training.context_pool`) are re-made only when those change."""
         self._num_steps += 1
+        torch.autograd.graph.increment_version(self._params)
 
     def make_capturable(self) -> None:
         """Marks AdamW capturable, which torch asks of an optimizer stepped inside a CUDA graph capture (the fused

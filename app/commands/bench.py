@@ -54,8 +54,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "bfloat16 autocast on a CPU with native bf16, ~2x there; float32 on a GPU), float32, "
                         "bfloat16, auto (bfloat16 wherever native)")
     p.add_argument("--imagination-precision", metavar="POLICY", default=argparse.SUPPRESS,
-                   help="precision of imagination's world model: auto-gpu (default, what training uses: the bfloat16 "
-                        "fast path on a GPU that has it, float32 on a CPU), float32, bfloat16, auto, auto-cpu")
+                   help="precision of imagination's world model: auto (default, what training uses: the bfloat16 "
+                        "fast path where the device runs bf16 natively, else float32), float32, bfloat16, "
+                        "auto-gpu, auto-cpu")
     p.add_argument("--compile", action="store_true",
                    help="opt-in: torch.compile the denoiser's and reward/end model's networks, as train --compile "
                         "(compiled in the warm-up, which takes minutes on a GPU and longer on a CPU; the timed runs "
