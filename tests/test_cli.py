@@ -43,6 +43,7 @@ def test_games_lists_the_toy_game_that_train_accepts():
     (["train", "--game", "Pong", "--preset", "small"], "unknown preset 'small'; choose one of: atari100k, consumer, "
                                                        "cpu, breakout, tiny, catch"),
     (["train", "--game", "Pong", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train", "--game", "Pong", "--keep-weights-every", "-1"], "--keep-weights-every must be 0 (off) or more, not -1"),
 ])
 def test_bad_arguments_fail_before_torch_is_imported(argv, message):
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,

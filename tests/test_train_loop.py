@@ -326,7 +326,7 @@ def test_init_weights_start_a_new_run_from_weights(tmp_path, capsys):
     shipped = ROOT / "weights" / "shipped" / "Breakout.safetensors"
     run = tmp_path / "ft"
     argv = ["train", "--game", "Breakout", "--preset", "tiny", "--run-dir", str(run), "--seed", "1", "--no-progress",
-            "--epochs", "1", "--init-weights", str(shipped)]
+            "--epochs", "1", "--init-weights", str(shipped), "--keep-weights-every", "1"]
     assert main(argv) == 0
     updates = read_weights_info(shipped)["info"]["denoiser_updates"]
     assert f"initial weights: {shipped} ({updates} denoiser updates)" in capsys.readouterr().out
@@ -338,6 +338,8 @@ def test_init_weights_start_a_new_run_from_weights(tmp_path, capsys):
     start, now = load_agent_file(shipped).state_dict(), load_agent_file(run / "weights").state_dict()
     moved = max(float((now[k] - v).abs().max()) for k, v in start.items() if k.startswith("denoiser."))
     assert 0 < moved < 0.01  # a few warm-up steps from the shipped values (a fresh model differs by ~0.1-1)
+    kept = load_agent_file(run / "snapshots" / "epoch-0001.safetensors").state_dict()  # --keep-weights-every 1
+    assert all(torch.equal(kept[k], v) for k, v in now.items()) and len(list((run / "snapshots").iterdir())) == 1
 
     for bad, message in (
         (["--game", "Pong", "--preset", "tiny", "--run-dir", str(tmp_path / "pong")], "trained on Breakout, not Pong"),

@@ -26,7 +26,7 @@ from training.updates import compile_updates
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
           dataset: str | None = None, max_epochs: int | None = None, progress: bool = True,
-          compile_models: bool = False, precision: str = "auto", init=None) -> dict:
+          compile_models: bool = False, precision: str = "auto", init=None, keep_weights_every: int = 0) -> dict:
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
@@ -34,6 +34,8 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     compile_models: `torch.compile` the world model's updates (`training.updates.compile_updates`); a run-time
     option like the device, not part of the run's config.
     init: a model.Agent a new run starts from (its model and weights, fresh optimizers: `train --init-weights`).
+    keep_weights_every: N > 0 also keeps every N-th epoch's weights in RUN/snapshots/epoch-NNNN.safetensors (for
+    `python -m weights.average`); a run-time option.
     precision: "auto" (training's policies, `model.precision`: on a CPU with native bf16 the world model's updates
     under bfloat16 autocast and imagination's world model in bfloat16; on a GPU float32 updates and bfloat16
     imagination), or "float32" / "bfloat16" for both. The actor-critic always trains in float32. A run-time
@@ -45,6 +47,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     s = None
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress, init=init)
+        s.keep_every = keep_weights_every
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
         if compile_models:
             compile_updates(agent)

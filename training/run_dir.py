@@ -39,6 +39,7 @@ class RunDir:
     weights_path = property(lambda self: self.path / "weights")
     store_path = property(lambda self: self.path / "store")
     plots_path = property(lambda self: self.path / "plots")
+    snapshots_path = property(lambda self: self.path / "snapshots")  # `train --keep-weights-every N`
     finished_path = property(lambda self: self.path / "finished")
 
     # config
@@ -129,12 +130,13 @@ class RunDir:
         except Exception as e:  # a truncated or foreign file: say which file
             raise UserError(f"{self.checkpoint_path}: cannot read checkpoint ({e})") from e
 
-    def save_weights(self, agent, metadata: dict, state: dict | None = None) -> Path:
-        """Saves the agent (or `state`, a snapshot of its state dict) in the dreamarcade format to RUN/weights/
-        (`weights.save_agent` writes atomically)."""
+    def save_weights(self, agent, metadata: dict, state: dict | None = None, epoch: int | None = None) -> Path:
+        """Saves the agent (or `state`, a snapshot of its state dict) in the dreamarcade format to RUN/weights/, or
+        with `epoch` to RUN/snapshots/epoch-NNNN.safetensors (`weights.save_agent` writes atomically)."""
         from weights import save_agent
 
-        return save_agent(agent, self.weights_path, metadata=metadata, state=state)
+        path = self.weights_path if epoch is None else self.snapshots_path / f"epoch-{epoch:04d}.safetensors"
+        return save_agent(agent, path, metadata=metadata, state=state)
 
     # end of run
     def mark_finished(self, summary: dict) -> None:

@@ -77,6 +77,7 @@ class Session:
         self._t_start = self._t_plot = time.perf_counter()
         self._unplotted = False
         self.last_epoch = 0  # where this session stops (training.loop sets it: --epochs or the run's end)
+        self.keep_every = 0  # also keep every N-th epoch's weights in RUN/snapshots (training.loop sets it)
         self.update_seconds: dict[str, tuple[float, int]] = {}  # model -> (seconds, updates) of its last epoch
         self._snapshot, self._writer = Snapshot(), BackgroundWriter()  # checkpoints written off the critical path
 
@@ -214,6 +215,8 @@ class Session:
         """In the writer's thread: the checkpoint, then the weights (each written atomically)."""
         self.run.save_checkpoint(state)
         self.run.save_weights(self.agent, info, state=state["agent"])
+        if self.keep_every and info["epoch"] > 0 and info["epoch"] % self.keep_every == 0:
+            self.run.save_weights(self.agent, info, state=state["agent"], epoch=info["epoch"])
 
     def wait_saved(self) -> None:
         """Waits until the last `save`'s files are written; raises a `UserError` if they could not be."""

@@ -60,6 +60,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="start a new run from these weights instead of the preset's fresh model: a local path, "
                         "hf://OWNER/REPO[/PATH][@REV] or diamond (as `play --weights`); the run's model is the "
                         "weights' own (architecture and values), its optimizers start fresh (fine-tuning)")
+    p.add_argument("--keep-weights-every", type=int, default=0, metavar="N",
+                   help="also keep every N-th epoch's weights in RUN/snapshots/epoch-NNNN.safetensors, to average "
+                        "the last ones with `python -m weights.average` (default 0: only the latest, in "
+                        "RUN/weights). Not saved in the run: give it again with --resume")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto (default): on a CPU with native bfloat16 (AVX512-BF16 or AMX) the denoiser's and "
                         "reward/end model's updates run under bfloat16 autocast (about 2x faster) and imagination's "
@@ -78,6 +82,8 @@ def run(args) -> int:
         raise UserError(f"--threads must be at least 1, not {args.threads}")
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {args.epochs}")
+    if args.keep_weights_every < 0:
+        raise UserError(f"--keep-weights-every must be 0 (off) or more, not {args.keep_weights_every}")
     if args.preset is not None and args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.resume:
@@ -127,7 +133,7 @@ def run(args) -> int:
         return 0
     summary = train(cfg, run_dir, device=str(device), resume=args.resume, dataset=args.dataset,
                     max_epochs=args.epochs, progress=not args.no_progress, compile_models=args.compile,
-                    precision=args.precision, init=init)
+                    precision=args.precision, init=init, keep_weights_every=args.keep_weights_every)
     if main_rank:
         print(_summary(summary, run_dir, args.epochs))
     return 0
