@@ -58,6 +58,12 @@ def resolve(policy: str, device: torch.device | str) -> str:
     return policy
 
 
+def training_policies(precision: str) -> tuple[str, str]:
+    """`train --precision` -> the policies of (the world model's updates, imagination): "auto" gives training's
+    defaults (TRAINING, IMAGINATION); "float32" or "bfloat16" is used for both."""
+    return (TRAINING, IMAGINATION) if precision == "auto" else (precision, precision)
+
+
 def channels_last_(module: torch.nn.Module) -> torch.nn.Module:
     """Stores module's 4-D weights channels-last, in place (once: later calls only check). Convolutions then run
     channels-last, forward and backward: a training step is 1.1-1.2x faster on CPU, the same in value."""

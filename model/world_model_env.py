@@ -27,8 +27,8 @@ class WorldModelEnv:
 
     agent: a `model.Agent` (its `denoiser` and `rew_end` are used). sampler: the diffusion sampler's settings.
     generator: a torch.Generator on the agent's device for all randomness (start noise, churn, rew/end sampling).
-    precision: a policy of `model.precision` ("float32", "bfloat16", "auto", "auto-gpu", "auto-cpu"), resolved on the agent's
-    device: "float32" runs the modules as they are (the reference's numbers), "bfloat16" the fast path
+    precision: a policy of `model.precision` ("float32", "bfloat16", "auto", "auto-gpu", "auto-cpu"), resolved on
+    the agent's device: "float32" runs the modules as they are (the reference's numbers), "bfloat16" the fast path
     (`model.fast`: channels-last bfloat16 weights and no repeated work across denoising steps). `.precision` is
     the resolved one.
     cuda_graphs: on a CUDA device with precision "bfloat16" and the Euler sampler without churn, replay each step

@@ -12,7 +12,7 @@ import time
 
 from tqdm import tqdm
 
-from model.precision import IMAGINATION, TRAINING
+from model.precision import training_policies
 from training.ddp import all_reduce_mean, barrier, broadcast_object, close_world, init_world
 from training.experience import OtherRank, RealGame, Recordings
 from training.graphed_updates import cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
@@ -48,6 +48,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     try:
         s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress, init=init)
         s.keep_every = keep_weights_every
+        updates_precision, imagination_precision = training_policies(precision)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device
         if compile_models:
             compile_updates(agent)
@@ -58,9 +59,7 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         imagination = Imagination(agent, lambda n: _contexts(samplers["actor_critic"], n, dev),
                                   world.share(cfg.actor_critic.batch_size), cfg.imagination.horizon,
                                   cfg.imagination.denoising_steps, s.generator,
-                                  precision=IMAGINATION if precision == "auto" else precision,
-                                  cuda_graphs=cuda_graphs_enabled())
-        updates_precision = TRAINING if precision == "auto" else precision
+                                  precision=imagination_precision, cuda_graphs=cuda_graphs_enabled())
         update_denoiser = graphed_denoiser_update(agent, optims["denoiser"], precision=updates_precision)
         update_rew_end = graphed_rew_end_update(agent, optims["rew_end"], updates_precision)
         ac_state = None  # the actor-critic's LSTM state, carried from one update to the next

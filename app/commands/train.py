@@ -173,10 +173,9 @@ def _initial_weights(source: str, game: str, main_rank: bool):
 def _precision_line(precision: str, device, agent: bool = True) -> str:
     """One line saying in which precision the world model trains and imagines (`train --precision`); agent:
     False in static-dataset mode, where no agent trains."""
-    from model.precision import IMAGINATION, TRAINING, resolve
+    from model.precision import resolve, training_policies
 
-    updates, imagination = ((resolve(TRAINING, device), resolve(IMAGINATION, device)) if precision == "auto"
-                            else (precision, precision))
+    updates, imagination = (resolve(policy, device) for policy in training_policies(precision))
     line = f"precision: world-model updates {updates}"
     if agent:
         line += f", imagination {imagination}"
