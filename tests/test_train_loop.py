@@ -66,6 +66,8 @@ def test_tiny_run_killed_again_and_again_keeps_its_budget_and_finishes(tmp_path,
     kill_when(dreamarcade(*args), lambda: any((run / "store").glob("*.npz")), "an episode stored")
     kill_when(dreamarcade(*resume), lambda: stored_steps(run) > cfg.initial_steps_min and checkpoint_epoch(run) < 1,
               "epoch 1 collected")
+    # epoch 0's checkpoint (which fixes the initial collection's size) is on disk before epoch 1 collects more
+    assert checkpoint_epoch(run) >= 0
     kill_when(dreamarcade(*resume), lambda: checkpoint_epoch(run) >= 1, "epoch 1 saved")
     assert not (run / "finished").exists()
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # no silent restart over an existing run

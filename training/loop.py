@@ -66,6 +66,9 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
         if not s.restored:
             metrics = real.start(s.counters)  # epoch 0: the initial collection
             s.save(metrics)
+            # its checkpoint must be on disk before epoch 1 collects more: a run killed before that starts over
+            # from the store, and would take everything in it as the initial collection (its budget grown)
+            s.wait_saved()
         s.counters = broadcast_object(s.counters, world)
         c = s.counters
         last_epoch = c.num_epochs if max_epochs is None else min(max_epochs, c.num_epochs)
