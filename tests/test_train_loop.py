@@ -334,7 +334,8 @@ def test_init_weights_start_a_new_run_from_weights(tmp_path, capsys):
     assert f"initial weights: {shipped} ({updates} denoiser updates)" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert config["init_weights"] == str(shipped)
-    assert config["agent"] == read_weights_info(shipped)["agent_config"]
+    from model.agent import AgentConfig
+    assert AgentConfig.from_dict(config["agent"]) == AgentConfig.from_dict(read_weights_info(shipped)["agent_config"])
     c = torch.load(run / "checkpoint.pt", weights_only=True)
     assert c["optimizers"]["denoiser"]["scheduler"]["last_epoch"] == get_preset("tiny").denoiser.steps_first_epoch
     start, now = load_agent_file(shipped).state_dict(), load_agent_file(run / "weights").state_dict()
