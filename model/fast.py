@@ -27,8 +27,10 @@ from model.pixels import quantize
 CL = torch.channels_last
 
 
-def _fingerprint(module: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer is modified in place, replaced or moved."""
+def weights_version(module: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer is modified in place (an optimizer step: `training.optim` bumps the
+    version counters that fused AdamW leaves), replaced (`load_state_dict`), moved or cast: what copies made from
+    `module` key on (`ConvertedCopy`, the context pool's reward/end burn-in)."""
     return tuple((t.data_ptr(), t._version, t.dtype) for t in (*module.parameters(), *module.buffers()))
 
 
@@ -44,7 +46,7 @@ class ConvertedCopy:
         self.key: tuple | None = None
 
     def sync(self) -> bool:
-        key = _fingerprint(self.source)
+        key = weights_version(self.source)
         if key == self.key:
             return False
         m = copy.deepcopy(self.source).to(dtype=self.dtype).to(memory_format=CL).eval()

@@ -147,8 +147,7 @@ def test_replays_wait_for_nothing_and_show_the_weights_changed(agent, model):
     each bumps the weights' versions: the world model's bfloat16 copy (`model.fast`) and the context pool's
     reward/end burn-in (`training.context_pool`) are re-made when those change, else imagination would run on
     the weights of the capture."""
-    from model.fast import _fingerprint
-    from training.context_pool import _weights_key
+    from model.fast import weights_version
 
     a = copy.deepcopy(agent).cuda()
     opt = ModelOptimizer(getattr(a, model), OPT)
@@ -158,7 +157,7 @@ def test_replays_wait_for_nothing_and_show_the_weights_changed(agent, model):
         update(batch(model, i, "cuda"))
     assert update.captured
     module = getattr(a, model)
-    before, key_before = _fingerprint(module), _weights_key(module)
+    before = weights_version(module)
     weights = [p.detach().clone() for p in module.parameters()]
     b = batch(model, 2, "cuda")
     torch.cuda.synchronize()
@@ -169,4 +168,4 @@ def test_replays_wait_for_nothing_and_show_the_weights_changed(agent, model):
         torch.cuda.set_sync_debug_mode(0)
     assert all(torch.isfinite(v) for k, v in metrics.items() if k != "lr")
     assert any(not torch.equal(w, p) for w, p in zip(weights, module.parameters()))  # the replay stepped
-    assert _fingerprint(module) != before and _weights_key(module) != key_before
+    assert weights_version(module) != before

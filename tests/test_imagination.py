@@ -106,9 +106,8 @@ def test_imagination_sees_every_world_model_update():
     """After each denoiser or reward/end update, imagination's bfloat16 world model (`model.fast`) and the context
     pool's reward/end burn-in are re-made from the new weights: fused AdamW writes the weights without bumping
     their version counters, so the optimizer bumps them (before, a CPU run imagined with the first weights)."""
-    from model.fast import _fingerprint
+    from model.fast import weights_version
     from training.graphed_updates import graphed_denoiser_update, graphed_rew_end_update
-    from training.context_pool import _weights_key
     from app.bench import synthetic_batch
 
     torch.manual_seed(1)
@@ -123,13 +122,13 @@ def test_imagination_sees_every_world_model_update():
         update = make(a, opt)
         update(synthetic_batch(2, seq, 64, A, seed=0))  # learning rate 0; its weights go channels-last (new storage)
         im.step(torch.zeros(2, dtype=torch.long))
-        copy_key, pool_key = _fingerprint(net), _weights_key(a.rew_end)
+        copy_key, pool_key = weights_version(net), weights_version(a.rew_end)
         update(synthetic_batch(2, seq, 64, A, seed=1))  # in place: same storage, new values
-        assert _fingerprint(net) != copy_key
+        assert weights_version(net) != copy_key
         im.step(torch.zeros(2, dtype=torch.long))  # syncs the fast copy before stepping
         inner = net.inner_model if model == "denoiser" else net
         copied = getattr(fast, model).net.module
         for (name, p), q in zip(inner.named_parameters(), copied.parameters()):
             assert torch.equal(q, p.detach().to(torch.bfloat16)), name  # the updated weights, not the first ones
         if model == "rew_end":
-            assert _weights_key(a.rew_end) != pool_key  # the pool burns its contexts in again
+            assert weights_version(a.rew_end) != pool_key  # the pool burns its contexts in again

@@ -18,13 +18,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from model.fast import weights_version
+
 # n -> (obs (n, 4, 3, H, W) float in [-1, 1], act (n, 4) long): real contexts from the train episodes
 ContextSampler = Callable[[int], tuple[Tensor, Tensor]]
-
-
-def _weights_key(module: torch.nn.Module) -> tuple:
-    """Changes when a weight is modified in place, replaced or moved (an optimizer step, `load_state_dict`)."""
-    return tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
 class ContextPool:
@@ -55,7 +52,7 @@ class ContextPool:
         reach = lambda: self.filled + (self.known[0] + self.capacity - self.filled) // self.chunk * self.chunk
         while reach() < upper() and self._pending:  # the device is far behind: wait for its oldest counter copy
             self._learn_consumed(wait=True)
-        key = _weights_key(self.wm.agent.rew_end)
+        key = weights_version(self.wm.agent.rew_end)
         if key != self._rew_end_key and self.obs is not None:
             self._burn_in_all()
         self._rew_end_key = key
