@@ -47,12 +47,7 @@ class RunDir:
         atomic_write(self.config_path, lambda f: f.write(json.dumps(config, indent=2).encode()))
 
     def read_config(self) -> dict:
-        try:
-            return json.loads(self.config_path.read_text())
-        except FileNotFoundError:
-            raise NotFound(f"{self.config_path}: no config.json, so this is not a training run directory")
-        except json.JSONDecodeError as e:
-            raise UserError(f"{self.config_path}: not valid JSON ({e})")
+        return read_run_config(self.path)
 
     # metrics
     def log(self, metrics: dict, epoch: int) -> None:
@@ -150,3 +145,14 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def read_run_config(run: str | Path) -> dict:
+    """The config.json of the run folder `run` (without creating anything). Raises NotFound or UserError."""
+    path = Path(run) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no config.json, so this is not a training run directory")
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from weights.errors import UserError
+from weights.errors import NotFound, UserError
 
 DESCRIPTION = """\
 Train a diffusion world model (denoiser + reward/end model) and an actor-critic in imagination, as DIAMOND.
@@ -141,14 +141,14 @@ def run(args) -> int:
 
 def _dataset(args) -> str | None:
     """The static dataset of the run: --dataset, or for --resume the one in its config.json."""
-    import json
-    from pathlib import Path
+    from training.run_dir import read_run_config
 
-    config = Path(args.run_dir) / "config.json" if args.resume and args.run_dir else None
-    if config is not None and config.exists():
+    if args.resume and args.run_dir:
         try:
-            return json.loads(config.read_text()).get("dataset")
-        except (OSError, ValueError, AttributeError):
+            return read_run_config(args.run_dir).get("dataset")
+        except NotFound:
+            return args.dataset
+        except (OSError, UserError, AttributeError):
             return None  # the run's own checks report a bad config.json
     return args.dataset
 
