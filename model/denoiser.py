@@ -40,10 +40,14 @@ class DenoiserConfig:
     cond_sigma_loc: float = -0.4
     cond_sigma_scale: float = 1.2
     s_cond: float = 0.005
-    # > 0: in the loss, the target's pixels that differ from the last conditioning frame (what moves: a ball, a
-    # paddle) weigh 1 + this. A handful of such pixels decide whether a dream goes on (Breakout's 2-pixel ball),
-    # and under a plain mean they are lost among the static ones. 0 (the reference's): every pixel alike
+    # > 0: in the loss, the pixels near what moved in the conditioning frames (a ball, a paddle: where the last
+    # two frames differ, widened by `moving_radius` pixels) weigh 1 + this. A handful of such pixels decide whether
+    # a dream goes on (Breakout's 2-pixel ball) and under a plain mean they are lost among 4,096 static ones. The
+    # weight depends on the conditioning only, never on the target, so the best prediction is still the
+    # conditional mean (a weight on where the target moved would reward drawing motion that may not come).
+    # 0 (the reference's): every pixel alike
     moving_loss_weight: float = 0.0
+    moving_radius: int = 4
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
@@ -209,7 +213,7 @@ class Denoiser(nn.Module):
         Target t >= 4 is conditioned on the 4 frames before it, where frames at index >= 4 are replaced by
         the model's own quantised one-step estimate (made at that step's random sigma), as the reference. With
         `noise_previous_obs`, each target's 4 conditioning frames get fresh noise first (`noise_obs`); with
-        `moving_loss_weight` w, the target's pixels that moved since the real frame before it weigh 1 + w.
+        `moving_loss_weight` w, the pixels near what moved between the last two real conditioning frames weigh 1 + w.
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -242,7 +246,8 @@ class Denoiser(nn.Module):
             num = (mask.sum() * next_obs[0].numel()).clamp(min=1)
             weight = mask
             if self.cfg.moving_loss_weight:
-                weight = mask * (1 + self.cfg.moving_loss_weight * moving_pixels(clean[n + i - 1], next_obs))
+                near = moving_pixels(clean[n + i - 2], clean[n + i - 1], self.cfg.moving_radius)
+                weight = mask * (1 + self.cfg.moving_loss_weight * near)
             loss = loss + ((output - target) ** 2 * weight).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
@@ -253,7 +258,8 @@ class Denoiser(nn.Module):
 MOVING_THRESHOLD = 0.1  # in [-1, 1]: 13 of 255 levels, above the quantisation and colour noise of real frames
 
 
-def moving_pixels(last: Tensor, next_obs: Tensor) -> Tensor:
-    """(B, 3, H, W) frames in [-1, 1] -> (B, 1, H, W) 1.0 where any channel changed by more than MOVING_THRESHOLD
-    (where an object left and where it arrived), else 0.0."""
-    return ((next_obs - last).abs().amax(1, keepdim=True) > MOVING_THRESHOLD).to(next_obs.dtype)
+def moving_pixels(before: Tensor, after: Tensor, radius: int = 0) -> Tensor:
+    """(B, 3, H, W) frames in [-1, 1] -> (B, 1, H, W) 1.0 within `radius` pixels (a square) of where any channel
+    changed by more than MOVING_THRESHOLD (where an object left and where it arrived), else 0.0."""
+    moved = ((after - before).abs().amax(1, keepdim=True) > MOVING_THRESHOLD).to(after.dtype)
+    return F.max_pool2d(moved, 2 * radius + 1, stride=1, padding=radius) if radius else moved

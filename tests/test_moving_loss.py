@@ -1,5 +1,6 @@
-"""`DenoiserConfig.moving_loss_weight`: the target's pixels that moved since the frame before it weigh 1 + w in
-the denoiser's loss (a 2-pixel ball is otherwise lost among 4,096 static pixels). Off by default."""
+"""`DenoiserConfig.moving_loss_weight`: the pixels near what moved between the last two conditioning frames weigh
+1 + w in the denoiser's loss (a 2-pixel ball is otherwise lost among 4,096 static pixels). The weight reads the
+conditioning only, so the best prediction is still the conditional mean. Off by default."""
 import dataclasses
 
 import pytest
@@ -14,42 +15,51 @@ from model.presets import small_residual, tiny
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def ball_batch(moves: bool, b=4) -> Batch:
-    """Six black frames with a grey 2x2 ball that steps 3 pixels right each frame (or stays put)."""
+def ball_batch(moves: bool, b=4, last_target_only=False) -> Batch:
+    """Six black frames with a grey 2x2 ball that steps 3 pixels right each frame (or stays put). With
+    last_target_only the ball moves only into the last frame (the targets move; the conditioning does not)."""
     obs = torch.full((b, 6, 3, 64, 64), -1.0)
     for t in range(6):
         x = 10 + 3 * t if moves else 10
+        if last_target_only:
+            x = 10 if t < 5 else 13
         obs[:, t, :, 30:32, x:x + 2] = 0.5
     return Batch(obs=obs, act=torch.zeros(b, 6, dtype=torch.long), rew=torch.zeros(b, 6),
                  end=torch.zeros(b, 6, dtype=torch.uint8), trunc=torch.zeros(b, 6, dtype=torch.uint8),
                  mask=torch.ones(b, 6, dtype=torch.bool))
 
 
-def agent_with(weight: float) -> Agent:
+def agent_with(weight: float, radius: int = 4) -> Agent:
     cfg = tiny(4)
     torch.manual_seed(0)
-    return Agent(dataclasses.replace(cfg, denoiser=dataclasses.replace(cfg.denoiser, moving_loss_weight=weight)))
+    den = dataclasses.replace(cfg.denoiser, moving_loss_weight=weight, moving_radius=radius)
+    return Agent(dataclasses.replace(cfg, denoiser=den))
 
 
 def loss(agent: Agent, batch: Batch) -> float:
     return agent.denoiser.loss(batch, generator=torch.Generator().manual_seed(1)).item()
 
 
-def test_moving_pixels_are_where_the_ball_left_and_where_it_arrived():
+def test_moving_pixels_are_where_the_ball_left_and_arrived_widened_by_the_radius():
     batch = ball_batch(moves=True)
     m = moving_pixels(batch.obs[:, 3], batch.obs[:, 4])
     assert m.shape == (4, 1, 64, 64)
     assert m.sum() == 4 * 8  # 2x2 left at x 19-20, 2x2 arrived at x 22-23
     assert m[0, 0, 30:32, 19:21].all() and m[0, 0, 30:32, 22:24].all()
-    assert not moving_pixels(batch.obs[:, 3], batch.obs[:, 3]).any()
+    wide = moving_pixels(batch.obs[:, 3], batch.obs[:, 4], radius=2)
+    assert wide[0, 0, 28:34, 17:26].all() and wide.sum() == 4 * 6 * 9  # rows 30-31 +-2, columns 19-23 +-2
+    assert not moving_pixels(batch.obs[:, 3], batch.obs[:, 3], radius=2).any()
     small_change = batch.obs[:, 3] + 0.05  # a colour wobble under the threshold is not motion
     assert not moving_pixels(batch.obs[:, 3], small_change).any()
 
 
-def test_the_weight_adds_to_the_loss_only_where_something_moved():
+def test_the_weight_adds_to_the_loss_only_where_the_conditioning_moved():
     plain, weighted, double = agent_with(0.0), agent_with(10.0), agent_with(20.0)
     still, moving = ball_batch(moves=False), ball_batch(moves=True)
     assert loss(weighted, still) == loss(plain, still)  # nothing moved: the reference's loss, exactly
+    # the target moves but the conditioning frames do not: the weight never reads the target
+    surprise = ball_batch(moves=False, last_target_only=True)
+    assert loss(weighted, surprise) == loss(plain, surprise)
     base, once, twice = loss(plain, moving), loss(weighted, moving), loss(double, moving)
     assert once > base * 1.01
     assert twice - once == pytest.approx(once - base, rel=1e-4)  # 1 + w on the moving pixels: linear in w
@@ -63,5 +73,5 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     cfg = small_residual(4)
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
-    del old["denoiser"]["moving_loss_weight"]  # a config written before the option: read as off
+    del old["denoiser"]["moving_loss_weight"], old["denoiser"]["moving_radius"]  # written before the option
     assert AgentConfig.from_dict(old).denoiser.moving_loss_weight == 0.0
