@@ -29,10 +29,11 @@ def ball_batch(moves: bool, b=4, last_target_only=False) -> Batch:
                  mask=torch.ones(b, 6, dtype=torch.bool))
 
 
-def agent_with(weight: float, radius: int = 4) -> Agent:
+def agent_with(weight: float, radius: int = 4, target_weight: float = 0.0) -> Agent:
     cfg = tiny(4)
     torch.manual_seed(0)
-    den = dataclasses.replace(cfg.denoiser, moving_loss_weight=weight, moving_radius=radius)
+    den = dataclasses.replace(cfg.denoiser, moving_loss_weight=weight, moving_radius=radius,
+                              moved_target_weight=target_weight)
     return Agent(dataclasses.replace(cfg, denoiser=den))
 
 
@@ -65,6 +66,19 @@ def test_the_weight_adds_to_the_loss_only_where_the_conditioning_moved():
     assert twice - once == pytest.approx(once - base, rel=1e-4)  # 1 + w on the moving pixels: linear in w
 
 
+def test_the_target_weight_reads_where_the_target_moved():
+    """`moved_target_weight` weighs where the target differs from the last real frame: a ball arriving in the
+    target only (the conditioning still) counts, which `moving_loss_weight` never sees."""
+    plain, tilted = agent_with(0.0), agent_with(0.0, target_weight=10.0)
+    surprise, still = ball_batch(moves=False, last_target_only=True), ball_batch(moves=False)
+    assert loss(tilted, still) == loss(plain, still)
+    assert loss(tilted, surprise) > loss(plain, surprise) * 1.001
+    both = agent_with(10.0, target_weight=10.0)  # the two add up
+    moving = ball_batch(moves=True)
+    extra = lambda a: loss(a, moving) - loss(plain, moving)
+    assert extra(both) == pytest.approx(extra(agent_with(10.0)) + extra(tilted), rel=1e-4)
+
+
 def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     weighted = agent_with(10.0)
     weighted.denoiser.loss(ball_batch(moves=True), generator=torch.Generator().manual_seed(1)).backward()
@@ -73,5 +87,7 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     cfg = small_residual(4)
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
-    del old["denoiser"]["moving_loss_weight"], old["denoiser"]["moving_radius"]  # written before the option
-    assert AgentConfig.from_dict(old).denoiser.moving_loss_weight == 0.0
+    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight"):
+        del old["denoiser"][key]  # a config written before the options: read as off
+    den = AgentConfig.from_dict(old).denoiser
+    assert den.moving_loss_weight == den.moved_target_weight == 0.0
