@@ -48,11 +48,12 @@ class DenoiserConfig:
     # 0 (the reference's): every pixel alike
     moving_loss_weight: float = 0.0
     moving_radius: int = 4
-    # > 0: also, the pixels where the target itself differs from the last real frame weigh 1 + this. This one reads
-    # the target, so it tilts the prediction toward drawing motion: where the network gives a moving object
-    # probability p, it draws it with weight p (1 + w) / (1 + p w). That sharpens a small object whose exact place
-    # is uncertain (the ball: p 0.3 -> 0.8 at w = 10) instead of fading it, at the cost of faint ghosts where p
-    # is small (0.01 -> 0.1); at w = 50 the ghosts are whole balls. 0: no tilt
+    # > 0: also, where the target itself differs from the last real frame, within those pixels near what moved,
+    # the weight grows by this. This one reads the target, so it tilts the prediction toward drawing motion: where
+    # the network gives a moving object probability p, it draws it with weight p (1 + w) / (1 + p w). That
+    # sharpens a small object whose exact place is uncertain (the ball: p 0.3 -> 0.8 at w = 10) instead of fading
+    # it. Only near what already moves: elsewhere the tilt would draw what rarely comes (serves, score changes,
+    # at w = 20 in most dreams). 0: no tilt
     moved_target_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -220,7 +221,7 @@ class Denoiser(nn.Module):
         the model's own quantised one-step estimate (made at that step's random sigma), as the reference. With
         `noise_previous_obs`, each target's 4 conditioning frames get fresh noise first (`noise_obs`); with
         `moving_loss_weight` w, the pixels near what moved between the last two real conditioning frames weigh 1 + w
-        (and `moved_target_weight` v adds v where the target moved).
+        (`moved_target_weight` v adds v among them where the target moved).
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -255,7 +256,7 @@ class Denoiser(nn.Module):
             if self.cfg.moving_loss_weight or self.cfg.moved_target_weight:
                 near = moving_pixels(clean[n + i - 2], clean[n + i - 1], self.cfg.moving_radius)
                 moved = moving_pixels(clean[n + i - 1], next_obs)
-                weight = mask * (1 + self.cfg.moving_loss_weight * near + self.cfg.moved_target_weight * moved)
+                weight = mask * (1 + (self.cfg.moving_loss_weight + self.cfg.moved_target_weight * moved) * near)
             loss = loss + ((output - target) ** 2 * weight).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate

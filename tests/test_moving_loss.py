@@ -66,17 +66,19 @@ def test_the_weight_adds_to_the_loss_only_where_the_conditioning_moved():
     assert twice - once == pytest.approx(once - base, rel=1e-4)  # 1 + w on the moving pixels: linear in w
 
 
-def test_the_target_weight_reads_where_the_target_moved():
-    """`moved_target_weight` weighs where the target differs from the last real frame: a ball arriving in the
-    target only (the conditioning still) counts, which `moving_loss_weight` never sees."""
+def test_the_target_weight_reads_where_the_target_moved_near_what_moves():
+    """`moved_target_weight` weighs where the target differs from the last real frame, near what moved in the
+    conditioning: a ball arriving from nowhere, or a change far from the ball (a score), is not tilted."""
     plain, tilted = agent_with(0.0), agent_with(0.0, target_weight=10.0)
-    surprise, still = ball_batch(moves=False, last_target_only=True), ball_batch(moves=False)
-    assert loss(tilted, still) == loss(plain, still)
-    assert loss(tilted, surprise) > loss(plain, surprise) * 1.001
+    extra = lambda a, batch: loss(a, batch) - loss(plain, batch)
+    surprise, still, moving = ball_batch(moves=False, last_target_only=True), ball_batch(moves=False), ball_batch(moves=True)
+    assert extra(tilted, still) == 0 and extra(tilted, surprise) == 0
+    assert extra(tilted, moving) > loss(plain, moving) * 0.001
+    far = ball_batch(moves=True)
+    far.obs[:, 5, :, 2:6, 40:48] = 0.5  # a score digit changes in the last target, far from the ball
+    assert extra(tilted, far) == pytest.approx(extra(tilted, moving), rel=1e-4)
     both = agent_with(10.0, target_weight=10.0)  # the two add up
-    moving = ball_batch(moves=True)
-    extra = lambda a: loss(a, moving) - loss(plain, moving)
-    assert extra(both) == pytest.approx(extra(agent_with(10.0)) + extra(tilted), rel=1e-4)
+    assert extra(both, moving) == pytest.approx(extra(agent_with(10.0), moving) + extra(tilted, moving), rel=1e-4)
 
 
 def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
