@@ -50,10 +50,10 @@ class DenoiserConfig:
     moving_radius: int = 4
     # > 0: also, where the target itself differs from the last real frame, within those pixels near what moved,
     # the weight grows by this. This one reads the target, so it tilts the prediction toward drawing motion: where
-    # the network gives a moving object probability p, it draws it with weight p (1 + w) / (1 + p w). That
-    # sharpens a small object whose exact place is uncertain (the ball: p 0.3 -> 0.8 at w = 10) instead of fading
-    # it. Only near what already moves: elsewhere the tilt would draw what rarely comes (serves, score changes,
-    # at w = 20 in most dreams). 0: no tilt
+    # the network gives a moving object probability p, it draws it with weight p (1 + v) / (1 + p v), v this
+    # weight. That sharpens a small object whose exact place is uncertain (the ball: p 0.3 -> 0.8 at v = 10)
+    # instead of fading it. Only near what already moves: elsewhere the tilt would draw what rarely comes (serves,
+    # score changes, at v = 20 in most dreams). 0: no tilt
     moved_target_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -255,8 +255,9 @@ class Denoiser(nn.Module):
             weight = mask
             if self.cfg.moving_loss_weight or self.cfg.moved_target_weight:
                 near = moving_pixels(clean[n + i - 2], clean[n + i - 1], self.cfg.moving_radius)
-                moved = moving_pixels(clean[n + i - 1], next_obs)
-                weight = mask * (1 + (self.cfg.moving_loss_weight + self.cfg.moved_target_weight * moved) * near)
+                tilt = self.cfg.moved_target_weight * moving_pixels(clean[n + i - 1], next_obs) \
+                    if self.cfg.moved_target_weight else 0.0
+                weight = mask * (1 + (self.cfg.moving_loss_weight + tilt) * near)
             loss = loss + ((output - target) ** 2 * weight).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
