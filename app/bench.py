@@ -1,7 +1,8 @@
 """The speed measurements of `dreamarcade bench` (DESIGN.md, "Performance"): each returns the median over timed
 runs after warm-up runs, on random weights and synthetic in-RAM data (speed does not depend on the values).
 
-Reference numbers: the reference's own code on a 2-core AMD EPYC CPU, torch 2.13 (diamond.md section 7).
+Reference numbers: the reference's own code on a 2-core AMD EPYC CPU, torch 2.13 (diamond.md section 7); with
+`--reference-code DIR`, their code measured in the same run instead (`app.bench_reference`).
 """
 from __future__ import annotations
 
@@ -208,14 +209,23 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
               include: tuple[str, ...] = ("play", "denoiser", "rew_end", "imagination", "collect"),
               game: str = "Breakout", batch_size: int = 32, train_precision: str = TRAINING,
               imagination_precision: str = IMAGINATION, device: str = "cpu", epoch_updates: int = 400,
-              compile_models: bool = False, log: Callable[[str], None] = lambda s: None) -> dict:
+              compile_models: bool = False, reference_code: str | None = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
     """All measurements of DESIGN.md's `dreamarcade bench` as one JSON-safe dict. batch_size: of the training
     measurements (32, the reference's; smaller only for smoke tests). train_precision, imagination_precision:
     policies (`model.precision`) of the denoiser and reward/end updates and of imagination's world model; the
     defaults are training's. The report holds what they resolve to on device. "epoch" in include: one real
     training epoch of `game` (`app.bench_epoch`), with epoch_updates updates per model. compile_models: as
-    `train --compile` (`training.updates.compile_updates`) for the training figures; the warm-up runs compile."""
+    `train --compile` (`training.updates.compile_updates`) for the training figures; the warm-up runs compile.
+    reference_code: a checkout of the reference's repository, whose own code is measured right after ours for
+    each of denoiser, rew_end and imagination in include (`app.bench_reference`), under `reference_code`.
+    Raises `UserError` (before any measurement) for a folder that is not such a checkout."""
     r = repeats if repeats is not None else (1 if quick else 3)
+    ref = theirs = None
+    if reference_code is not None:
+        from app import bench_reference
+
+        ref = bench_reference.load_reference(reference_code)
     agent = make_agent(preset, device=device)
     report = machine(device)
     report.update(preset=preset, quick=quick, repeats=r, batch_size=batch_size, compile=compile_models,
@@ -235,6 +245,9 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
         from training.updates import compile_updates
 
         compile_updates(agent)
+    if ref is not None:
+        theirs = bench_reference.reference_models(ref, agent.config, device)
+        report["reference_code"] = {"path": str(ref.path), "commit": ref.commit, "stand_ins": list(ref.stand_ins)}
     for part, key, fn in (("denoiser", "denoiser_train_samples_per_s", denoiser_train_samples_per_s),
                           ("rew_end", "rew_end_train_sequences_per_s", rew_end_train_sequences_per_s),
                           ("imagination", "imagination_transitions_per_s", imagination_transitions_per_s)):
@@ -243,6 +256,17 @@ def run_bench(preset: str = "atari100k", quick: bool = False, repeats: int | Non
             precision = report["imagination_precision"] if part == "imagination" else report["train_precision"]
             wall, c = fn(agent, batch_size, repeats=r, precision=precision)
             report[key], cpu[key] = round(wall, 3), round(c, 3)
+            if ref is not None:  # at once, under the same load
+                log(f"{key}, the reference's code ...")
+                ref_wall, ref_c = getattr(bench_reference, key)(ref, theirs, agent.config, batch_size, repeats=r)
+                module = {"denoiser": "denoiser", "rew_end": "rew_end", "imagination": "actor_critic"}[part]
+                report["reference_code"][key] = {
+                    "reference": round(ref_wall, 3), "ours": report[key], "ratio": round(wall / ref_wall, 2),
+                    "cpu_time": {"reference": round(ref_c, 3), "ours": cpu[key], "ratio": round(c / ref_c, 2)},
+                    "precision": {"reference": "float32", "ours": precision},
+                    "parameters": {"reference": theirs.parameters(module),
+                                   "ours": sum(p.numel() for p in getattr(agent, module).parameters())},
+                }
     from training.graphed_updates import can_capture
 
     report["updates_cuda_graphs"] = can_capture(device, train_precision)  # the denoiser's and reward/end's
@@ -269,9 +293,17 @@ def table(report: dict) -> str:
         c = cpu.get("play_step_ms", {}).get(name)
         rows.append((f"play step, {name}{tag}", f"{ms:.1f} ms ({1000 / ms:.1f} fps)",
                      f"{c:.1f} ms" if c is not None else "-", f"{ref_ms} ms", f"{ref_ms / ms:.2f}x"))
+    same_run = report.get("reference_code", {})  # the reference's code measured in this run: same sizes and batch
     for key, (ref, unit, _) in REFERENCE.items():
         if key != "play_step_ms" and key in report:
             c = cpu.get(key)
+            if key in same_run:
+                m = same_run[key]
+                rows.append((key.replace("_", " "), f"{report[key]:.2f} {unit} ({m['precision']['ours']})",
+                             f"{c:.2f} {unit} ({m['cpu_time']['ratio']:.2f}x)",
+                             f"{m['reference']:.2f} {unit} (their code here, {m['precision']['reference']})",
+                             f"{m['ratio']:.2f}x"))
+                continue
             rows.append((key.replace("_", " "), f"{report[key]:.2f} {unit}", f"{c:.2f} {unit}" if c else "-",
                          f"{ref} {unit}", f"{report[key] / ref:.2f}x"))
     if "collect_steps_per_s" in report:
@@ -282,8 +314,8 @@ def table(report: dict) -> str:
         rows.append(("run (1000 epochs)", f"{report['run_hours_estimate']:.1f} h", "-", "-", "-"))
     if report.get("device", "cpu") != "cpu":
         rows[0] = (*rows[0][:4], "vs reference (CPU)")
-    if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:
-        rows = [r if i == 0 else (*r[:4], "not comparable") for i, r in enumerate(rows)]
+    if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:  # except against their code here
+        rows = [r if i == 0 or "their code here" in r[3] else (*r[:4], "not comparable") for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -292,4 +324,9 @@ def table(report: dict) -> str:
         where += "updates as CUDA graphs, " if report.get("updates_cuda_graphs") else "updates eager, "
     head = (f"{where}{report['cpu']}, {report['threads']} threads, torch {report['torch']}, preset {report['preset']}, "
             f"load average {report['load_average'][0]:.1f}" if report.get("load_average") else "")
+    if same_run:
+        commit = f"commit {same_run['commit'][:7]}" if same_run.get("commit") else "not a git checkout"
+        stand_ins = f"; stand-ins for {', '.join(same_run['stand_ins'])}" if same_run.get("stand_ins") else ""
+        lines.append(f"their code: {same_run['path']} ({commit}{stand_ins}), measured after ours in this run with "
+                     f"the same threads, batch and protocol; CPU time column: ours (its ratio ours/theirs)")
     return "\n".join([head, *lines])

@@ -17,6 +17,9 @@ real-env collection, and on a GPU one real atari100k training epoch end to end (
 the run it implies (run_hours_estimate, 1000 epochs). Medians over repeated runs after warm-up, random weights,
 synthetic data (the epoch: real play of --game).
 A full run of the reference-size model takes several minutes on 2 CPU cores; --quick does one run of each.
+--reference-code DIR also measures the reference's own code, imported from DIR (a checkout of
+github.com/eloialonso/diamond), for denoiser, rew_end and imagination, right after ours in the same run (same
+threads, batch sizes, warm-up and repeats; theirs in float32), and reports each ratio ours/theirs.
 
 examples:
   dreamarcade bench --json bench.json
@@ -25,6 +28,8 @@ examples:
   dreamarcade bench --only epoch --model tiny --game Catch --batch-size 2 --epoch-updates 2   (its smoke test)
   dreamarcade bench --device cuda --only denoiser rew_end epoch --compile    (the same, torch.compile'd)
   dreamarcade bench --quick --model tiny --batch-size 2 --json /tmp/bench.json     (a smoke test)
+  git clone https://github.com/eloialonso/diamond /tmp/diamond
+  dreamarcade bench --threads 1 --only denoiser rew_end imagination --reference-code /tmp/diamond --json ref.json
 """
 
 PARTS = ("play", "denoiser", "rew_end", "imagination", "collect", "epoch")
@@ -63,6 +68,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "exclude it)")
     p.add_argument("--game", default="Breakout", help="game of the collection measurement (default Breakout)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--reference-code", metavar="DIR", default=None,
+                   help="a checkout of the reference's repository (github.com/eloialonso/diamond): also measure its "
+                        "own code for denoiser, rew_end and imagination in this run, and report ours/theirs")
     p.add_argument("--device", default="cpu",
                    help="torch device of the model measurements: cpu (default, what the reference was measured on), "
                         "cuda, cuda:1")
@@ -106,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or threads)
         report = run_bench(preset=args.model, quick=args.quick, repeats=args.repeats, include=tuple(parts),
                            game=args.game, batch_size=args.batch_size, device=device,
-                           epoch_updates=args.epoch_updates, compile_models=args.compile, **policies,
+                           epoch_updates=args.epoch_updates, compile_models=args.compile,
+                           reference_code=args.reference_code, **policies,
                            log=lambda s: print(s, file=sys.stderr, flush=True))
     finally:
         torch.set_num_threads(threads)
