@@ -4,6 +4,7 @@ for all three models. The previous implementation is kept here, verbatim in its 
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -170,10 +171,12 @@ def assert_close_weights(new, ref, lr):
         torch.testing.assert_close(p, q, rtol=0, atol=0.1 * lr)
 
 
-def test_actor_critic_update_matches_the_previous_implementation(agent, device):
+@pytest.mark.parametrize("fixed_shapes", [True, False], ids=["all-rows-burn-in", "dead-rows-burn-in"])
+def test_actor_critic_update_matches_the_previous_implementation(agent, device, fixed_shapes):
     """Same weights, seeds and contexts (a deterministic stream: the previous code drew contexts only for the dead
     games, the new one draws them ahead into a pool, in the same order): the same imagined games, actions, losses
-    and gradients, update after update, with games ending mid-rollout (the reward/end model's ends)."""
+    and gradients, update after update, with games ending mid-rollout (the reward/end model's ends). Both ways of
+    restarting games: every row burned in and selected by mask (a GPU's default), or only the dead rows (a CPU's)."""
     cfg = ImaginationConfig(horizon=4, denoising_steps=1)
     opt_cfg = OptimConfig(lr=1e-3, weight_decay=0.0, max_grad_norm=100.0, warmup_steps=2)  # update 1 at lr 0
     runs = {}
@@ -186,7 +189,8 @@ def test_actor_critic_update_matches_the_previous_implementation(agent, device):
             opt, update = ReferenceOptimizer(a.actor_critic, opt_cfg), reference_actor_critic_update
         else:
             im = Imagination(a, ContextStream(), 4, cfg.horizon, cfg.denoising_steps, g, precision="float32")
-            opt, update = ModelOptimizer(a.actor_critic, opt_cfg), actor_critic_update
+            opt = ModelOptimizer(a.actor_critic, opt_cfg)
+            update = functools.partial(actor_critic_update, fixed_shapes=fixed_shapes)
         state, history = None, []
         for _ in range(2):
             metrics, state = update(a, im, opt, cfg, state)
@@ -204,19 +208,28 @@ def test_actor_critic_update_matches_the_previous_implementation(agent, device):
     assert_close_weights(new_agent.actor_critic, ref_agent.actor_critic, opt_cfg.lr)
 
 
-def test_restarted_rows_only_get_gradient_through_their_restart(agent):
-    """Where a game did not die, its burn-in on a pooled context is computed but discarded: exactly zero
-    gradient flows into it (so it cannot change the update), while the dead rows' burn-in does get gradient."""
-    from training.imagination import _restart_state
+@pytest.mark.parametrize("fixed_shapes", [True, False], ids=["all-rows-burn-in", "dead-rows-burn-in"])
+def test_restarted_rows_only_get_gradient_through_their_restart(agent, fixed_shapes):
+    """Where a game did not die, its burn-in on a pooled context is discarded (or never computed): exactly zero
+    gradient flows into it (so it cannot change the update), while the dead rows' burn-in does get gradient. Both
+    ways give the same state."""
+    from training.imagination import _final_values, _restart_state
 
     ac = copy.deepcopy(agent.actor_critic)
     burnin = torch.rand(3, 3, 3, 64, 64, requires_grad=True)
     state = tuple(torch.randn(3, ac.lstm.hidden_size, requires_grad=True) for _ in range(2))
     dead = torch.tensor([False, True, False])
-    h, c = _restart_state(ac, state, dead, burnin)
+    h, c = _restart_state(ac, state, dead, burnin, fixed_shapes)
     (h.sum() + c.sum()).backward()
     assert burnin.grad[~dead].abs().max() == 0 and burnin.grad[dead].abs().max() > 0
     assert state[0].grad[dead].abs().max() == 0 and torch.equal(state[0].grad[~dead], torch.ones(2, h.shape[1]))
+    with torch.no_grad():
+        other = _restart_state(ac, state, dead, burnin, not fixed_shapes)
+        torch.testing.assert_close((h, c), other, rtol=1e-5, atol=1e-6)
+        assert _restart_state(ac, state, torch.zeros(3, dtype=torch.bool), burnin, fixed_shapes)[0].equal(state[0])
+        frames = torch.rand(3, 3, 64, 64)
+        v = _final_values(ac, frames, state, dead, fixed_shapes)
+        torch.testing.assert_close(v[dead], ac(frames, state)[1][dead], rtol=1e-5, atol=1e-6)
 
 
 def reference_rew_end_loss(model, batch):
