@@ -219,16 +219,18 @@ def test_restarted_rows_only_get_gradient_through_their_restart(agent, fixed_sha
     burnin = torch.rand(3, 3, 3, 64, 64, requires_grad=True)
     state = tuple(torch.randn(3, ac.lstm.hidden_size, requires_grad=True) for _ in range(2))
     dead = torch.tensor([False, True, False])
-    h, c = _restart_state(ac, state, dead, burnin, fixed_shapes)
+    rows_of = lambda d, fixed: None if fixed else d.nonzero().squeeze(1)
+    h, c = _restart_state(ac, state, dead, burnin, rows_of(dead, fixed_shapes))
     (h.sum() + c.sum()).backward()
     assert burnin.grad[~dead].abs().max() == 0 and burnin.grad[dead].abs().max() > 0
     assert state[0].grad[dead].abs().max() == 0 and torch.equal(state[0].grad[~dead], torch.ones(2, h.shape[1]))
     with torch.no_grad():
-        other = _restart_state(ac, state, dead, burnin, not fixed_shapes)
+        other = _restart_state(ac, state, dead, burnin, rows_of(dead, not fixed_shapes))
         torch.testing.assert_close((h, c), other, rtol=1e-5, atol=1e-6)
-        assert _restart_state(ac, state, torch.zeros(3, dtype=torch.bool), burnin, fixed_shapes)[0].equal(state[0])
+        alive = torch.zeros(3, dtype=torch.bool)
+        assert _restart_state(ac, state, alive, burnin, rows_of(alive, fixed_shapes))[0].equal(state[0])
         frames = torch.rand(3, 3, 64, 64)
-        v = _final_values(ac, frames, state, dead, fixed_shapes)
+        v = _final_values(ac, frames, state, rows_of(dead, fixed_shapes))
         torch.testing.assert_close(v[dead], ac(frames, state)[1][dead], rtol=1e-5, atol=1e-6)
 
 

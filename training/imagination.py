@@ -91,13 +91,12 @@ class Imagination:
 
 
 def _restart_state(actor_critic, state: tuple[Tensor, Tensor], dead: Tensor, burnin_obs: Tensor,
-                   fixed_shapes: bool = True):
+                   rows: Tensor | None = None):
     """The LSTM state with the dead games' rows replaced by zeros burned in on their new context, inside the
-    autograd graph (as the reference). fixed_shapes (a GPU's way): every row burns in and torch.where discards the
-    others' burn-in, so it gets exactly zero gradient and nothing waits for the device. Otherwise (a CPU's way,
-    where reading `dead` costs nothing) only the dead rows burn in: the same numbers for less work."""
-    if not fixed_shapes:
-        rows = dead.nonzero().squeeze(1)
+    autograd graph (as the reference). rows None (a GPU's way): every row burns in and torch.where discards the
+    others' burn-in, so it gets exactly zero gradient and nothing waits for the device. rows, the indices of the
+    dead games (a CPU's way, where reading `dead` costs nothing): only they burn in, the same numbers for less work."""
+    if rows is not None:
         if rows.numel() == 0:
             return state
         s = None
@@ -112,13 +111,11 @@ def _restart_state(actor_critic, state: tuple[Tensor, Tensor], dead: Tensor, bur
 
 
 @torch.no_grad()
-def _final_values(actor_critic, final_obs: Tensor, state: tuple[Tensor, Tensor], dead: Tensor,
-                  fixed_shapes: bool = True) -> Tensor:
-    """V(the frame a game died on), with the state before its restart: (B,), read only where `dead` (with
-    fixed_shapes every row is computed; otherwise only the dead ones, the others left at 0)."""
-    if fixed_shapes:
+def _final_values(actor_critic, final_obs: Tensor, state: tuple[Tensor, Tensor], rows: Tensor | None = None) -> Tensor:
+    """V(the frame a game died on), with the state before its restart: (B,), read only where the game died. rows
+    None: every row is computed; otherwise only those (the dead games' indices), the others left at 0."""
+    if rows is None:
         return actor_critic(final_obs, state)[1]
-    rows = dead.nonzero().squeeze(1)
     values = final_obs.new_zeros(final_obs.shape[0])
     if rows.numel():
         values[rows] = actor_critic(final_obs[rows], (state[0][rows], state[1][rows]))[1].to(values.dtype)
@@ -150,8 +147,9 @@ def actor_critic_update(agent, imagination: Imagination, optimizer: ModelOptimiz
             logits, value, state = ac(obs, state)
             act = sample_logits(logits.detach())  # as Categorical(logits).sample(), from the same global RNG
             step = imagination.step(act)
-            v_final = _final_values(ac, step.final_obs, state, step.dead, fixed_shapes)
-            state = _restart_state(ac, state, step.dead, step.burnin_obs, fixed_shapes)
+            rows = None if fixed_shapes else step.dead.nonzero().squeeze(1)  # the dead games, read on a CPU only
+            v_final = _final_values(ac, step.final_obs, state, rows)
+            state = _restart_state(ac, state, step.dead, step.burnin_obs, rows)
             for seq, x in ((all_logits, logits), (acts, act), (values, value), (rews, step.rew), (ends, step.end),
                            (truncs, step.trunc), (deads, step.dead), (values_final, v_final)):
                 seq.append(x)
