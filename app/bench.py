@@ -315,7 +315,8 @@ def table(report: dict) -> str:
     if report.get("device", "cpu") != "cpu":
         rows[0] = (*rows[0][:4], "vs reference (CPU)")
     if report.get("preset") != "atari100k" or report.get("batch_size", 32) != 32:  # except against their code here
-        rows = [r if i == 0 or "their code here" in r[3] else (*r[:4], "not comparable") for i, r in enumerate(rows)]
+        measured_here = {key.replace("_", " ") for key in REFERENCE if key in same_run}
+        rows = [r if i == 0 or r[0] in measured_here else (*r[:4], "not comparable") for i, r in enumerate(rows)]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
