@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from model.blocks import SmallResBlock, conv3x3, init_lstm
@@ -60,3 +61,19 @@ class ActorCritic(nn.Module):
         x = self.encoder(obs).flatten(start_dim=1)
         h, c = self.lstm(x, state)
         return self.actor_linear(h), self.critic_linear(h).squeeze(1), (h, c)
+
+    def forward_sequence(self, obs: Tensor, state: CellState | None = None) -> tuple[Tensor, Tensor, CellState]:
+        """`forward` over T frames of each env: obs (B, T, 3, H, W) -> (logits (B, T, A), value (B, T), state).
+        The same numbers as T calls of `forward`, with the encoder run once over all B * T frames."""
+        h, state = self.lstm_sequence(obs, state)
+        return self.actor_linear(h), self.critic_linear(h).squeeze(-1), state
+
+    def lstm_sequence(self, obs: Tensor, state: CellState | None = None) -> tuple[Tensor, CellState]:
+        """The LSTM's outputs over T frames: obs (B, T, 3, H, W) -> (h (B, T, lstm_dim), last state)."""
+        b, t = obs.shape[:2]
+        x = self.encoder(obs.flatten(0, 1)).flatten(start_dim=1).unflatten(0, (b, t))
+        hs = []
+        for i in range(t):
+            state = self.lstm(x[:, i], state)
+            hs.append(state[0])
+        return torch.stack(hs, 1), state

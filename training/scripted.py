@@ -1,4 +1,4 @@
-"""Scripted players that read the game's RAM: data for world-model training, not agents.
+"""Scripted players that read the game's RAM: data for world-model training, and a teacher for cloning.
 
 A world model learns what it is shown. Random play in Breakout serves, loses the ball and hardly ever hits
 it, so the paddle never meets the ball high up the screen and no rally, no brick broken high, ever reaches
@@ -8,6 +8,8 @@ at random for a few steps, so it also misses, moves everywhere and loses lives.
 
 `collect_scripted(game, store, num_steps)` plays the training env (the Atari 100k protocol, life loss ends
 an episode) and writes the episodes to an `EpisodeStore`, ready for `dreamarcade train --dataset`.
+`collect_demonstrations` plays the same way but labels each frame with the undistracted player's action: an
+agent's lessons for `dreamarcade clone --scripted-teacher`, never a world model's data.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class BreakoutFollower:
 
     def __init__(self, rng: np.random.Generator, skill: float = 0.9):
         self.rng, self.skill = rng, skill
-        self.aim = 0
+        self.aim, self.aim_range = 0, 7
         self.last: tuple[int, int] | None = None  # the ball's (x, y) one step ago
         self.random_left, self.random_act = 0, NOOP
 
@@ -46,7 +48,7 @@ class BreakoutFollower:
             return self.random_act
         if ram[_BALL_Y] == 0:  # no ball in play: serve, and pick where to hit the next one
             self.last = None
-            self.aim = int(self.rng.integers(-7, 8))
+            self.aim = int(self.rng.integers(-self.aim_range, self.aim_range + 1))
             return FIRE
         x, y = int(ram[_BALL_X]), int(ram[_BALL_Y])
         target = x
@@ -56,6 +58,13 @@ class BreakoutFollower:
         self.last = (x, y)
         diff = target + _PADDLE_TO_BALL + self.aim - int(ram[_PADDLE_X])
         return RIGHT if diff > 10 else LEFT if diff < -10 else NOOP  # the paddle drifts ~20 a step: no twitching
+
+
+def teacher(game: str) -> "BreakoutFollower":
+    """The game's scripted player undistracted and aiming at the centre: the clean labels of `collect_demonstrations`."""
+    player = POLICIES[game](np.random.default_rng(0), skill=1.0)
+    player.aim_range = 0
+    return player
 
 
 def _reflect(x: float) -> int:
@@ -102,3 +111,51 @@ def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int =
     env.close()
     return {"steps": steps, "episodes": len(returns), "return_mean": float(np.mean(returns)),
             "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths))}
+
+
+def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
+                           skill: tuple[float, float] = (0.6, 0.95), full_games: bool = True,
+                           progress: bool = True) -> dict:
+    """Demonstrations for behaviour cloning (`training.clone`): `num_steps` real steps of `game` played by its
+    distracted scripted player, each labelled with what the undistracted `teacher` would do on that frame.
+
+    The episodes' `act` holds the TEACHER's actions, not the ones taken: such a store is for cloning only,
+    never for a world model. Labelling every frame the player reaches, its mistakes included, with the clean
+    action (DART, Laskey et al. 2017) shows the learner how to recover from the states its own errors lead to;
+    cloning the taken actions instead teaches the distractions and the random aims too (on Breakout the
+    cloned policy then stays at the most common action).
+
+    `full_games`: an episode is a whole game, as the agent plays it (`play`, `eval`), so the lessons include the
+    serve after each lost life with the LSTM remembering the rally before; otherwise a life, as the training env
+    cuts them (an agent cloned so learns the serve only from a fresh LSTM and, in a full game, waits hundreds
+    of steps to serve again). -> stats (steps, episodes, agreement of taken and teacher actions)."""
+    if game not in POLICIES:
+        raise UserError(f"no scripted player for {game}; scripted demonstrations exist for: {', '.join(POLICIES)}")
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=not full_games, seed=seed)
+    ale = env.unwrapped.ale
+    steps, episodes, agree = 0, 0, 0
+    obs, _ = env.reset()
+    with tqdm(total=num_steps, desc=f"demonstrations {game}", unit="step", disable=not progress) as bar:
+        while steps < num_steps:
+            player, clean = POLICIES[game](rng, skill=float(rng.uniform(*skill))), teacher(game)
+            frames, labels, rews, ends, truncs = [], [], [], [], []
+            while True:
+                ram = ale.getRAM()
+                label, act = clean.act(ram), player.act(ram)
+                agree += label == act
+                next_obs, rew, end, trunc, _ = env.step(act)
+                frames.append(obs.transpose(2, 0, 1))
+                labels.append(label), rews.append(rew), ends.append(end), truncs.append(trunc)
+                obs = next_obs
+                if end or trunc:
+                    break
+            store.add(Episode(obs=np.stack(frames), act=np.array(labels), rew=np.array(rews), end=np.array(ends),
+                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)), sync_dir=False)
+            steps += len(labels)
+            episodes += 1
+            bar.update(len(labels))
+            obs, _ = env.reset()
+    env.close()
+    store.sync()
+    return {"steps": steps, "episodes": episodes, "agreement": agree / max(steps, 1)}
