@@ -82,34 +82,9 @@ def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int =
     """Plays `num_steps` real steps of `game` with its scripted player into `store` -> stats.
 
     Each episode (one life, as in the training env) draws its skill uniformly from `skill`."""
-    if game not in POLICIES:
-        raise UserError(f"no scripted player for {game}; scripted data exists for: {', '.join(POLICIES)}")
-    rng = np.random.default_rng(seed)
-    env = make_atari_env(game, train=True, seed=seed)
-    ale = env.unwrapped.ale
-    steps, returns, lengths = 0, [], []
-    obs, _ = env.reset()
-    with tqdm(total=num_steps, desc=f"scripted {game}", unit="step", disable=not progress) as bar:
-        while steps < num_steps:
-            player = POLICIES[game](rng, skill=float(rng.uniform(*skill)))
-            frames, acts, rews, ends, truncs = [], [], [], [], []
-            while True:
-                act = player.act(ale.getRAM())
-                next_obs, rew, end, trunc, _ = env.step(act)
-                frames.append(obs.transpose(2, 0, 1))
-                acts.append(act), rews.append(rew), ends.append(end), truncs.append(trunc)
-                obs = next_obs
-                if end or trunc:
-                    break
-            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
-                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
-            steps += len(acts)
-            returns.append(float(np.sum(rews)))
-            lengths.append(len(acts))
-            bar.update(len(acts))
-            obs, _ = env.reset()  # after a life loss the training env continues the same game
-    env.close()
-    return {"steps": steps, "episodes": len(returns), "return_mean": float(np.mean(returns)),
+    returns, lengths, _ = _play(game, store, num_steps, seed, skill, train=True, teacher_labels=False,
+                                desc=f"scripted {game}", progress=progress)
+    return {"steps": int(np.sum(lengths)), "episodes": len(returns), "return_mean": float(np.mean(returns)),
             "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths))}
 
 
@@ -129,33 +104,45 @@ def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed:
     serve after each lost life with the LSTM remembering the rally before; otherwise a life, as the training env
     cuts them (an agent cloned so learns the serve only from a fresh LSTM and, in a full game, waits hundreds
     of steps to serve again). -> stats (steps, episodes, agreement of taken and teacher actions)."""
+    returns, lengths, agree = _play(game, store, num_steps, seed, skill, train=not full_games, teacher_labels=True,
+                                    desc=f"demonstrations {game}", progress=progress)
+    steps = int(np.sum(lengths))
+    return {"steps": steps, "episodes": len(returns), "agreement": agree / max(steps, 1)}
+
+
+def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tuple[float, float], train: bool,
+          teacher_labels: bool, desc: str, progress: bool) -> tuple[list[float], list[int], int]:
+    """The scripted player plays episodes into `store` until `num_steps` steps, each episode with a skill drawn
+    from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take.
+    -> (returns, lengths, steps where the two agree)."""
     if game not in POLICIES:
-        raise UserError(f"no scripted player for {game}; scripted demonstrations exist for: {', '.join(POLICIES)}")
+        raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
     rng = np.random.default_rng(seed)
-    env = make_atari_env(game, train=not full_games, seed=seed)
+    env = make_atari_env(game, train=train, seed=seed)
     ale = env.unwrapped.ale
-    steps, episodes, agree = 0, 0, 0
+    returns, lengths, agree = [], [], 0
     obs, _ = env.reset()
-    with tqdm(total=num_steps, desc=f"demonstrations {game}", unit="step", disable=not progress) as bar:
-        while steps < num_steps:
-            player, clean = POLICIES[game](rng, skill=float(rng.uniform(*skill))), teacher(game)
-            frames, labels, rews, ends, truncs = [], [], [], [], []
+    with tqdm(total=num_steps, desc=desc, unit="step", disable=not progress) as bar:
+        while sum(lengths) < num_steps:
+            player = POLICIES[game](rng, skill=float(rng.uniform(*skill)))
+            clean = teacher(game) if teacher_labels else None
+            frames, acts, rews, ends, truncs = [], [], [], [], []
             while True:
                 ram = ale.getRAM()
-                label, act = clean.act(ram), player.act(ram)
+                act = player.act(ram)
+                label = clean.act(ram) if clean is not None else act
                 agree += label == act
                 next_obs, rew, end, trunc, _ = env.step(act)
                 frames.append(obs.transpose(2, 0, 1))
-                labels.append(label), rews.append(rew), ends.append(end), truncs.append(trunc)
+                acts.append(label), rews.append(rew), ends.append(end), truncs.append(trunc)
                 obs = next_obs
                 if end or trunc:
                     break
-            store.add(Episode(obs=np.stack(frames), act=np.array(labels), rew=np.array(rews), end=np.array(ends),
-                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)), sync_dir=False)
-            steps += len(labels)
-            episodes += 1
-            bar.update(len(labels))
-            obs, _ = env.reset()
+            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
+                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
+            returns.append(float(np.sum(rews)))
+            lengths.append(len(acts))
+            bar.update(len(acts))
+            obs, _ = env.reset()  # after a life loss the training env continues the same game
     env.close()
-    store.sync()
-    return {"steps": steps, "episodes": episodes, "agreement": agree / max(steps, 1)}
+    return returns, lengths, agree
