@@ -62,14 +62,9 @@ class ActorCritic(nn.Module):
         h, c = self.lstm(x, state)
         return self.actor_linear(h), self.critic_linear(h).squeeze(1), (h, c)
 
-    def forward_sequence(self, obs: Tensor, state: CellState | None = None) -> tuple[Tensor, Tensor, CellState]:
-        """`forward` over T frames of each env: obs (B, T, 3, H, W) -> (logits (B, T, A), value (B, T), state).
-        The same numbers as T calls of `forward`, with the encoder run once over all B * T frames."""
-        h, state = self.lstm_sequence(obs, state)
-        return self.actor_linear(h), self.critic_linear(h).squeeze(-1), state
-
     def lstm_sequence(self, obs: Tensor, state: CellState | None = None) -> tuple[Tensor, CellState]:
-        """The LSTM's outputs over T frames: obs (B, T, 3, H, W) -> (h (B, T, lstm_dim), last state)."""
+        """The LSTM's outputs over T frames: obs (B, T, 3, H, W) -> (h (B, T, lstm_dim), last state). The same
+        numbers as T calls of `forward` (whose heads read h), with the encoder run once over all B * T frames."""
         b, t = obs.shape[:2]
         x = self.encoder(obs.flatten(0, 1)).flatten(start_dim=1).unflatten(0, (b, t))
         hs = []

@@ -23,12 +23,13 @@ def small_actor_critic(num_actions=4):
     return ac
 
 
-def test_forward_sequence_gives_forward_step_by_step():
+def test_lstm_sequence_gives_forward_step_by_step():
     ac = small_actor_critic()
     for head in (ac.actor_linear, ac.critic_linear):  # zero at the start: make them count
         torch.nn.init.normal_(head.weight)
     obs = torch.rand(3, 5, 3, 16, 16) * 2 - 1
-    logits, value, (h, c) = ac.forward_sequence(obs)
+    hs, (h, c) = ac.lstm_sequence(obs)
+    logits, value = ac.actor_linear(hs), ac.critic_linear(hs).squeeze(-1)
     state = None
     for t in range(5):
         step_logits, step_value, state = ac(obs[:, t], state)

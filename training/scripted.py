@@ -33,9 +33,9 @@ class BreakoutFollower:
     """Follows the ball with the paddle; `skill` in [0, 1] is the chance of acting on the ball each step
     (otherwise a random action, held for a few steps as a distracted player does)."""
 
-    def __init__(self, rng: np.random.Generator, skill: float = 0.9):
+    def __init__(self, rng: np.random.Generator, skill: float = 0.9, aim_range: int = 7):
         self.rng, self.skill = rng, skill
-        self.aim, self.aim_range = 0, 7
+        self.aim, self.aim_range = 0, aim_range  # each serve aims off-centre by up to aim_range
         self.last: tuple[int, int] | None = None  # the ball's (x, y) one step ago
         self.random_left, self.random_act = 0, NOOP
 
@@ -62,9 +62,7 @@ class BreakoutFollower:
 
 def teacher(game: str) -> "BreakoutFollower":
     """The game's scripted player undistracted and aiming at the centre: the clean labels of `collect_demonstrations`."""
-    player = POLICIES[game](np.random.default_rng(0), skill=1.0)
-    player.aim_range = 0
-    return player
+    return POLICIES[game](np.random.default_rng(0), skill=1.0, aim_range=0)
 
 
 def _reflect(x: float) -> int:

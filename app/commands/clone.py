@@ -76,10 +76,6 @@ def demos_path(out: Path) -> Path:
     return out.with_name(out.name + ".demos")
 
 
-def info_game(agent) -> str:
-    return agent.weights_info.get("game") or "Breakout"
-
-
 def run(args: argparse.Namespace) -> int:
     from weights.errors import UserError
 
@@ -106,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
     from training.clone import CloneConfig, Cloner
     from training.episode_store import EpisodeStore
     from training.games import resolve_game
+    from weights.atomic import atomic_write
     from weights.format import save_agent
-    from weights.sources import load_agent
+    from weights.sources import DEFAULT_GAME, load_agent
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -125,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         if store.num_steps < args.demo_steps:  # a first run, or one killed while it played
             from training.scripted import collect_demonstrations
 
-            game = game or info_game(agent)
+            game = game or agent.weights_info.get("game") or DEFAULT_GAME
             for path in list(Path(dataset).glob("*.npz")):
                 path.unlink()
             stats = collect_demonstrations(game, EpisodeStore(dataset), args.demo_steps, seed=args.seed,
@@ -155,11 +152,11 @@ def run(args: argparse.Namespace) -> int:
             and not k.startswith("actor_critic")}
 
     def save(n: int, metrics: dict) -> None:
-        meta["actor_critic"] = {"cloned_from": "scripted teacher" if args.scripted_teacher else str(dataset), "updates": n, "weights": info.get("source"),
+        meta["actor_critic"] = {"cloned_from": "scripted teacher" if args.scripted_teacher else str(dataset),
+                                "updates": n, "weights": info.get("source"),
                                 **{k: round(v, 4) for k, v in metrics.items()}}
         agent.eval()
         save_agent(agent, out, metadata=meta, dtype=args.dtype)
-        from weights.atomic import atomic_write
         atomic_write(ckpt, lambda f: torch.save({"cloner": cloner.state_dict(), "updates_done": n}, f))
 
     print(f"cloning the actions of {store.num_steps} steps in {store.num_episodes} episodes ({dataset}) "
