@@ -20,7 +20,7 @@ COMMANDS = {
     "train": ("app.commands.train", "train a world model and an agent (the DIAMOND recipe)"),
     "eval": ("app.commands.eval", "score weights on real games, aggregate results, measure world-model fidelity"),
     "collect": ("app.commands.collect", "play real episodes with a scripted player, as data for train --dataset"),
-    "clone": ("app.commands.clone", "teach an agent to play like recorded episodes (behaviour cloning)"),
+    "clone": ("app.commands.clone", "teach an agent to play like the scripted player or recorded episodes (behaviour cloning)"),
     "bench": ("app.commands.bench", "measure play and training speed on this machine"),
     "games": ("app.commands.games", "list the supported games and where their weights come from"),
     "download": ("app.commands.download", "download pretrained weights from the Hugging Face Hub"),
