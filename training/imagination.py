@@ -99,13 +99,9 @@ def _restart_state(actor_critic, state: tuple[Tensor, Tensor], dead: Tensor, bur
     if rows is not None:
         if rows.numel() == 0:
             return state
-        s = None
-        for k in range(burnin_obs.shape[1]):
-            _, _, s = actor_critic(burnin_obs[rows, k], s)
+        _, s = actor_critic.lstm_sequence(burnin_obs[rows])
         return state[0].index_put((rows,), s[0]), state[1].index_put((rows,), s[1])
-    s = None  # zeros
-    for k in range(burnin_obs.shape[1]):
-        _, _, s = actor_critic(burnin_obs[:, k], s)
+    _, s = actor_critic.lstm_sequence(burnin_obs)  # from zeros
     keep = dead[:, None]
     return torch.where(keep, s[0], state[0]), torch.where(keep, s[1], state[1])
 
