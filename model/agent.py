@@ -10,6 +10,7 @@ from torch import nn
 from model.actor_critic import ActorCritic, ActorCriticConfig
 from model.denoiser import Denoiser, DenoiserConfig
 from model.rew_end import RewEndConfig, RewEndModel
+from model.sampler import SamplerConfig
 
 _SUB_CONFIGS = {"denoiser": DenoiserConfig, "rew_end": RewEndConfig, "actor_critic": ActorCriticConfig}
 
@@ -83,6 +84,12 @@ class Agent(nn.Module):
     @property
     def num_actions(self) -> int:
         return self.config.num_actions
+
+    @property
+    def denoising_steps(self) -> int:
+        """The sampler steps to dream with when nobody says: the weights' own "denoising_steps" (metadata written
+        where they were measured as faithful with fewer steps than the reference's), else the reference's 3."""
+        return int(self.weights_info.get("denoising_steps") or SamplerConfig().num_steps_denoising)
 
     @property
     def device(self) -> torch.device:

@@ -109,13 +109,17 @@ def test_measure_and_cli(agent, tmp_path, capsys):
     json.dumps(result)
     assert iio.imread(result["strip"]).shape[0] == STRIP_HEADER_H + 2 + 2 * 128 + 4
 
-    path = save_agent(agent, tmp_path / "tiny", metadata={"game": "Breakout"})
+    # weights that name their sampler steps are measured with them: the same numbers as asking for them
+    path = save_agent(agent, tmp_path / "tiny", metadata={"game": "Breakout", "denoising_steps": 1})
     out = tmp_path / "cli"
     argv = ["eval", "--fidelity", "--weights", str(path), "--game", "Breakout", "--horizon", "3",
-            "--contexts", "2", "--denoising-steps", "1", "--policy", "random", "--board-steps", "0", "--out", str(out)]
+            "--contexts", "2", "--policy", "random", "--board-steps", "0", "--out", str(out)]
     assert main(argv) == 0
     saved = json.loads((out / "fidelity.json").read_text())
     assert len(saved["psnr"]) == 3 and (out / "strip.png").is_file() and (out / "curves.png").is_file()
+    asked = measure_fidelity(agent, "Breakout", FidelityConfig(horizon=3, contexts=2, policy="random",
+                                                               denoising_steps=1))
+    assert saved["denoising_steps"] == 1 and saved["psnr"] == asked["psnr"]
     assert {"reward_accuracy", "end_accuracy", "mean_ssim"} <= set(saved)
     assert "PSNR" in capsys.readouterr().out
 

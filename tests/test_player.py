@@ -91,6 +91,19 @@ def test_imagine_starts_from_a_real_reset_and_respects_the_horizon(agent, precis
     s.close()
 
 
+def test_dreams_use_the_weights_own_denoising_steps(weights_file, tmp_path):
+    """Weights that name their sampler steps ("denoising_steps" in their metadata) dream with them unless told
+    otherwise; weights that do not, with the reference's 3."""
+    from weights import load_agent, save_agent
+
+    two = save_agent(load_agent(weights_file), tmp_path / "two.safetensors", metadata={"game": GAME, "denoising_steps": 2})
+    for file, default in ((weights_file, 3), (two, 2)):
+        for asked, steps in ((None, default), (1, 1)):
+            s = build_session(game=GAME, weights=str(file), mode="imagine", seed=0, denoising_steps=asked)
+            assert s.denoising_steps == steps and s.dream.wm.denoising_steps == steps
+            s.close()
+
+
 def test_real_mode_without_weights_has_no_agent():
     from app.player.session import Session
     from app.player.sources import RealSource

@@ -30,6 +30,18 @@ def test_average_of_snapshots_with_another_actor_critic(tmp_path, capsys):
     assert info["info"]["actor_critic_from"] == str(other)
 
 
+def test_average_names_its_denoising_steps(tmp_path, capsys):
+    from weights import load_agent
+
+    files = [saved(tmp_path / f"e{i}.safetensors", seed=i, epoch=i) for i in (1, 2)]
+    out = tmp_path / "mean.safetensors"
+    assert main([str(out), *map(str, files), "--denoising-steps", "2"]) == 0
+    assert read_weights_info(out)["info"]["denoising_steps"] == 2 and load_agent(str(out)).denoising_steps == 2
+    assert load_agent(str(files[0])).denoising_steps == 3  # none named: the reference's
+    assert main([str(tmp_path / "bad.safetensors"), *map(str, files), "--denoising-steps", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err and not (tmp_path / "bad.safetensors").exists()
+
+
 def test_snapshots_of_different_models_are_refused(tmp_path, capsys):
     a, b = saved(tmp_path / "a.safetensors", 0), saved(tmp_path / "b.safetensors", 1, num_actions=6)
     assert main([str(tmp_path / "out.safetensors"), str(a), str(b)]) == 2

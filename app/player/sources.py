@@ -115,8 +115,7 @@ class DreamSource:
 
         self.wm = WorldModelEnv(agent, generator=generator, precision=precision)
         self.device = self.wm.device
-        if denoising_steps is not None:
-            self.denoising_steps = denoising_steps
+        self.denoising_steps = agent.denoising_steps if denoising_steps is None else denoising_steps
         self.obs: np.ndarray | None = None
         self.latency_ms = 0.0
 
