@@ -259,6 +259,19 @@ def test_static_dataset_mode_trains_the_world_model_only(tmp_path):
     assert load_agent(str(tmp_path / "run" / "weights")).num_actions == 3  # inferred from the recordings
 
 
+def test_a_dataset_run_goes_on_past_the_presets_epochs(tmp_path, capsys):
+    """With --dataset no collection fixes the run's length: --epochs above the preset's total (3 for `tiny`)
+    trains that long, also on a resumed run; then the run is finished."""
+    recordings, run = catch_recordings(tmp_path / "recordings", num_episodes=6), tmp_path / "run"
+    args = ["train", "--game", "Catch", "--preset", "tiny", "--dataset", str(recordings), "--run-dir", str(run),
+            "--seed", "0", "--no-progress", "--threads", "1"]
+    assert main([*args, "--epochs", "2"]) == 0 and metrics_epochs(run)[-1] == 2
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "--epochs", "5"]) == 0
+    assert metrics_epochs(run)[-1] == 5 and "finished: 5 epochs" in capsys.readouterr().out
+    main(["train", "--run-dir", str(run), "--resume", "--no-progress", "--epochs", "6"])
+    assert "this run is finished" in capsys.readouterr().out and metrics_epochs(run)[-1] == 5
+
+
 def test_noisy_contexts_turned_on_in_config_json_before_a_resume(tmp_path, capsys):
     """A world model trained without `noise_previous_obs` continues with it: set in RUN/config.json, then
     --resume. The new noise_cond_emb buffer starts fresh (said in one line); every other weight continues."""

@@ -30,7 +30,8 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
-    max_epochs: stop after this many epochs in total (a resumed run continues to it).
+    max_epochs: stop after this many epochs in total (a resumed run continues to it); with `dataset`, more than
+        the preset's total makes the run that long.
     compile_models: `torch.compile` the world model's updates (`training.updates.compile_updates`); a run-time
     option like the device, not part of the run's config.
     init: a model.Agent a new run starts from (its model and weights, fresh optimizers: `train --init-weights`).
@@ -71,6 +72,8 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
             s.wait_saved()
         s.counters = broadcast_object(s.counters, world)
         c = s.counters
+        if s.dataset and max_epochs is not None and max_epochs > c.num_epochs:
+            c.num_epochs = max_epochs  # recordings: no collection fixes the length, so more epochs over the same data
         last_epoch = c.num_epochs if max_epochs is None else min(max_epochs, c.num_epochs)
         s.last_epoch = last_epoch
         for epoch in range(c.epoch + 1, last_epoch + 1):
