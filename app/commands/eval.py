@@ -52,7 +52,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--reps", type=int, default=50_000, help="bootstrap replications (default 50000, as rliable)")
     p.add_argument("--horizon", type=int, default=50, help="with --fidelity: imagined steps (default 50)")
     p.add_argument("--contexts", type=int, default=8, help="with --fidelity: rollouts compared (default 8)")
-    p.add_argument("--denoising-steps", type=int, default=None, help="with --fidelity: sampler steps (default: the weights' own, else 3)")
+    p.add_argument("--denoising-steps", type=int, default=None,
+                   help="with --fidelity: sampler steps (default: the weights' own, else 3)")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="with --fidelity: world-model precision policy (default float32, the reference's numbers; "
                         "auto: bfloat16 where the device runs it natively)")

@@ -37,7 +37,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="who plays (default: human in a window; with --headless the agent, or random in real "
                         "mode for a game without weights)")
     p.add_argument("--denoising-steps", type=int, default=None, metavar="N",
-                   help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the weights' own, else 3)")
+                   help="diffusion sampler steps per frame: fewer is faster, more is sharper (default: the "
+                        "weights' own, else 3)")
     p.add_argument("--horizon", type=int, default=0, metavar="N",
                    help="imagined steps before the dream restarts from real frames (compare: re-syncs); "
                         "0: never (default)")

@@ -47,8 +47,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="static-dataset mode: train the world model and reward/end model on the episode store in "
                         "DIR (no environment, no actor-critic)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: drawn at random and saved)")
-    p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs in total (default: the preset's); with --dataset, more than the preset's "
-                        "runs longer over the same recordings (also when resuming)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="stop after this many epochs in total (default: the preset's); with --dataset, more than "
+                        "the preset's runs longer over the same recordings (also when resuming)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is often fastest on a shared machine)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
