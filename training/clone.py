@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from model.batch import Batch
+from model.returns import lambda_returns
 from training.episode_store import EpisodeStore
 from training.segments import SegmentSampler, make_batch
 
@@ -44,13 +45,11 @@ def discounted_returns(rew: np.ndarray, end: np.ndarray, gamma: float) -> np.nda
     """(T,) rewards and ends of one episode -> (T,) sum_k gamma^k sign(rew[t + k]) up to the episode's end.
 
     Rewards are clipped to their sign, as the agent sees them in imagination. A cut (truncated) episode's
-    returns stop at the cut, a small underestimate near it."""
-    out = np.zeros(len(rew), dtype=np.float32)
-    ahead = 0.0
-    for t in range(len(rew) - 1, -1, -1):
-        ahead = float(np.sign(rew[t])) + gamma * ahead * (1.0 - float(end[t]))
-        out[t] = ahead
-    return out
+    returns stop at the cut, a small underestimate near it. These are the imagination's lambda-returns
+    (`model.returns.lambda_returns`) with lambda 1 and nothing bootstrapped past the episode."""
+    rew, end = torch.as_tensor(rew, dtype=torch.float32)[None], torch.as_tensor(end, dtype=torch.float32)[None]
+    zeros = torch.zeros_like(rew)
+    return lambda_returns(rew, end, zeros, zeros, gamma, lam=1.0)[0].numpy()
 
 
 def clone_loss(actor_critic, batch: Batch, returns: torch.Tensor, burn_in: int,
