@@ -44,6 +44,7 @@ def test_games_lists_the_toy_game_that_train_accepts():
                                                        "cpu, breakout, tiny, catch"),
     (["train", "--game", "Pong", "--epochs", "0"], "--epochs must be at least 1, not 0"),
     (["train", "--game", "Pong", "--keep-weights-every", "-1"], "--keep-weights-every must be 0 (off) or more, not -1"),
+    (["train", "--game", "Pong", "--world-model-lr", "0"], "--world-model-lr must be between 0 and 1 (e.g. 2e-5), not 0.0"),
 ])
 def test_bad_arguments_fail_before_torch_is_imported(argv, message):
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,

@@ -272,6 +272,33 @@ def test_a_dataset_run_goes_on_past_the_presets_epochs(tmp_path, capsys):
     assert "this run is finished" in capsys.readouterr().out and metrics_epochs(run)[-1] == 5
 
 
+def test_a_resumed_run_takes_a_lower_world_model_lr_and_keeps_it(tmp_path):
+    """--resume --world-model-lr scales the denoiser's and reward/end model's learning rate from the next update
+    (against the same run resumed without it, warm-up and all), leaves the actor-critic's, and stays in
+    config.json for the resumes after it."""
+    import shutil
+
+    recordings, run = catch_recordings(tmp_path / "recordings", num_episodes=6), tmp_path / "run"
+    assert main(["train", "--game", "Catch", "--preset", "tiny", "--dataset", str(recordings), "--run-dir", str(run),
+                 "--seed", "0", "--no-progress", "--threads", "1", "--epochs", "1"]) == 0
+    lowered = tmp_path / "lowered"
+    shutil.copytree(run, lowered)
+    resume = ["train", "--resume", "--no-progress", "--threads", "1", "--run-dir"]
+    assert main([*resume, str(run), "--epochs", "3"]) == 0
+    assert main([*resume, str(lowered), "--epochs", "2", "--world-model-lr", "1e-5"]) == 0
+    assert main([*resume, str(lowered), "--epochs", "3"]) == 0  # no flag: the lowered rate stays
+    before, after = (json.loads((r / "config.json").read_text())["train"] for r in (run, lowered))
+    assert [after[m]["optim"]["lr"] for m in ("denoiser", "rew_end")] == [1e-5, 1e-5]
+    assert after["actor_critic"]["optim"] == before["actor_critic"]["optim"]
+    rows = {r: {row["epoch"]: row for row in RunDir(r).read_metrics()} for r in (run, lowered)}
+    for m in ("denoiser", "rew_end"):
+        base = before[m]["optim"]["lr"]
+        assert rows[lowered][1][f"{m}/train/lr"] == rows[run][1][f"{m}/train/lr"] > 0  # the same run up to here
+        for epoch in (2, 3):
+            ratio = rows[lowered][epoch][f"{m}/train/lr"] / rows[run][epoch][f"{m}/train/lr"]
+            assert ratio == pytest.approx(1e-5 / base)
+
+
 def test_noisy_contexts_turned_on_in_config_json_before_a_resume(tmp_path, capsys):
     """A world model trained without `noise_previous_obs` continues with it: set in RUN/config.json, then
     --resume. The new noise_cond_emb buffer starts fresh (said in one line); every other weight continues."""

@@ -26,7 +26,8 @@ from training.updates import compile_updates
 
 def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = None, resume: bool = False,
           dataset: str | None = None, max_epochs: int | None = None, progress: bool = True,
-          compile_models: bool = False, precision: str = "auto", init=None, keep_weights_every: int = 0) -> dict:
+          compile_models: bool = False, precision: str = "auto", init=None, keep_weights_every: int = 0,
+          world_model_lr: float | None = None) -> dict:
     """Runs (or resumes) a training run -> summary dict. cfg None: read it from the run's config.json.
 
     dataset: a folder of episodes (static-dataset mode: world model and reward/end model only, no env).
@@ -41,13 +42,16 @@ def train(cfg: TrainConfig | None, run_dir: str | RunDir, device: str | None = N
     under bfloat16 autocast and imagination's world model in bfloat16; on a GPU float32 updates and bfloat16
     imagination), or "float32" / "bfloat16" for both. The actor-critic always trains in float32. A run-time
     option.
+    world_model_lr: the denoiser's and reward/end model's learning rate from the next update on, instead of the
+    config's; written to the run's config.json, so that a later resume keeps it (annealing a run's last epochs).
     Raises UserError for a finished run, or for an existing run started again without `resume`.
     """
     world = init_world(device)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     s = None
     try:
-        s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress, init=init)
+        s = Session.open(cfg, run, world, resume=resume, dataset=dataset, progress=progress, init=init,
+                        world_model_lr=world_model_lr)
         s.keep_every = keep_weights_every
         updates_precision, imagination_precision = training_policies(precision)
         cfg, agent, optims, samplers, dev = s.cfg, s.agent, s.optims, s.samplers, world.device

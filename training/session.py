@@ -84,12 +84,14 @@ class Session:
     # --- building and restoring -----------------------------------------------------------------------
     @classmethod
     def open(cls, cfg: TrainConfig | None, run: RunDir, world: World, resume: bool, dataset: str | None,
-             progress: bool, init: Agent | None = None) -> "Session":
+             progress: bool, init: Agent | None = None, world_model_lr: float | None = None) -> "Session":
         """A new run (cfg given, config.json written) or the run in `run` restored from its checkpoint.
         init: for a new run, an agent whose model (config and weights) the run starts from instead of the
         preset's, fresh optimizers (fine-tuning); its `weights_info["source"]` is written to config.json.
         Raises UserError for a finished run, a run to resume that does not exist, or one started again, and for
-        init weights with another action count than the game's."""
+        init weights with another action count than the game's.
+        world_model_lr: the denoiser's and reward/end model's learning rate, instead of the config's (saved in
+        config.json, for a resumed run too)."""
         if run.is_finished:
             raise UserError(f"{run.path}: this run is finished (see {run.finished_path}); nothing to do")
         if resume:
@@ -98,6 +100,10 @@ class Session:
             saved = run.read_config()
             cfg, dataset = TrainConfig.from_dict(saved["train"]), saved.get("dataset")
             agent_cfg = AgentConfig.from_dict(saved["agent"])
+            if world_model_lr is not None:
+                cfg = with_world_model_lr(cfg, world_model_lr)
+                if world.is_main:
+                    run.write_config(saved | {"train": cfg.to_dict()})
         else:
             if run.config_path.exists():
                 raise UserError(f"{run.path} already holds a training run: continue it with --resume, "
@@ -108,6 +114,8 @@ class Session:
                 cfg = dataclasses.replace(cfg, seed=random.SystemRandom().randrange(2**31))
             if dataset:
                 cfg = static_dataset_config(cfg)
+            if world_model_lr is not None:
+                cfg = with_world_model_lr(cfg, world_model_lr)
             agent_cfg = agent_config(cfg, _num_actions(cfg.game, dataset))
             extra = {}
             if init is not None:
@@ -324,3 +332,9 @@ def _tuplify(x):
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def with_world_model_lr(cfg: TrainConfig, lr: float) -> TrainConfig:
+    """`cfg` with the denoiser and the reward/end model trained at learning rate `lr` (warm-up unchanged)."""
+    return dataclasses.replace(cfg, **{m: dataclasses.replace(getattr(cfg, m), optim=dataclasses.replace(
+        getattr(cfg, m).optim, lr=lr)) for m in ("denoiser", "rew_end")})

@@ -66,6 +66,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="also keep every N-th epoch's weights in RUN/snapshots/epoch-NNNN.safetensors, to average "
                         "the last ones with `python -m weights.average` (default 0: only the latest, in "
                         "RUN/weights). Not saved in the run: give it again with --resume")
+    p.add_argument("--world-model-lr", type=float, metavar="LR",
+                   help="the learning rate of the denoiser and the reward/end model from the next update on (the "
+                        "preset's is 1e-4; the actor-critic keeps its own). Saved in the run: a run resumed later "
+                        "keeps it. Lower it for a run's last epochs to let the weights settle, e.g. --resume "
+                        "--world-model-lr 2e-5 --epochs N")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="auto (default): on a CPU with native bfloat16 (AVX512-BF16 or AMX) the denoiser's and "
                         "reward/end model's updates run under bfloat16 autocast (about 2x faster) and imagination's "
@@ -86,6 +91,8 @@ def run(args) -> int:
         raise UserError(f"--epochs must be at least 1, not {args.epochs}")
     if args.keep_weights_every < 0:
         raise UserError(f"--keep-weights-every must be 0 (off) or more, not {args.keep_weights_every}")
+    if args.world_model_lr is not None and not 0 < args.world_model_lr < 1:
+        raise UserError(f"--world-model-lr must be between 0 and 1 (e.g. 2e-5), not {args.world_model_lr}")
     if args.preset is not None and args.preset not in PRESETS:
         raise UserError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     if args.resume:
@@ -135,7 +142,8 @@ def run(args) -> int:
         return 0
     summary = train(cfg, run_dir, device=str(device), resume=args.resume, dataset=args.dataset,
                     max_epochs=args.epochs, progress=not args.no_progress, compile_models=args.compile,
-                    precision=args.precision, init=init, keep_weights_every=args.keep_weights_every)
+                    precision=args.precision, init=init, keep_weights_every=args.keep_weights_every,
+                    world_model_lr=args.world_model_lr)
     if main_rank:
         print(_summary(summary, run_dir, args.epochs))
     return 0
