@@ -34,3 +34,27 @@ def test_collect_command(tmp_path, capsys):
     assert set(np.unique(np.concatenate([store[i].act for i in range(len(store))]))) <= {0, 1, 2, 3}
     assert main(["collect", "--game", "Pong", "--out", str(out)]) == 2
     assert "no scripted player for Pong" in capsys.readouterr().err
+
+
+def _ball_in_flight(frame: np.ndarray) -> bool:
+    """A (3, 64, 64) frame shows the ball between the bricks and the paddle (the board there is black)."""
+    return bool((frame[:, 30:55, 4:60] > 60).any())
+
+
+def test_serve_clips_wait_then_serve_with_a_real_context(tmp_path, capsys):
+    out = tmp_path / "serves"
+    assert main(["collect", "--game", "Breakout", "--serves", "8", "--seed", "3", "--out", str(out)]) == 0
+    assert "8 serve clips" in capsys.readouterr().out
+    store = EpisodeStore(out, static=True)
+    assert store.num_episodes == 8
+    waits = []
+    for i in range(len(store)):
+        ep = store[i]
+        w = int(np.flatnonzero(ep.act == 1)[0])  # the serve: the first FIRE
+        waits.append(w)
+        assert not any(_ball_in_flight(f) for f in ep.obs[:w + 1])  # no ball while waiting
+        assert _ball_in_flight(ep.obs[w + 1])  # the real game serves at the next step
+        assert len(ep) == w + 1 + 12 and ep.trunc[-1] and not ep.end.any()  # a clip: cut, not a lost life
+    assert max(waits) >= 4 and min(waits) <= 10  # some serves come after 4 real frames without a ball
+    assert main(["collect", "--game", "Breakout", "--serves", "0", "--out", str(out)]) == 2
+    assert "--serves must be at least 1" in capsys.readouterr().err

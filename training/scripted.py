@@ -8,6 +8,8 @@ at random for a few steps, so it also misses, moves everywhere and loses lives.
 
 `collect_scripted(game, store, num_steps)` plays the training env (the Atari 100k protocol, life loss ends
 an episode) and writes the episodes to an `EpisodeStore`, ready for `dreamarcade train --dataset`.
+`collect_serves(game, store, num_clips)` records serves with a real context: short clips that start as a life
+begins, wait a few steps, serve and follow the ball; the rest of each life is played (and lost) unrecorded.
 `collect_demonstrations` plays the same way but labels each frame with the undistracted player's action: an
 agent's lessons for `dreamarcade clone --scripted-teacher`, never a world model's data.
 """
@@ -84,6 +86,63 @@ def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int =
                                 desc=f"scripted {game}", progress=progress)
     return {"steps": int(np.sum(lengths)), "episodes": len(returns), "return_mean": float(np.mean(returns)),
             "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths))}
+
+
+def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0, wait: tuple[int, int] = (0, 10),
+                   follow: int = 12, progress: bool = True) -> dict:
+    """`num_clips` serves of `game` into `store`, each a short episode from the first frame of a life: the
+    player moves at random (NOOP, RIGHT, LEFT) for U{wait} steps, serves (FIRE), follows the ball for `follow`
+    steps, and the clip ends there (truncated). The rest of the life is played unrecorded, missing the ball.
+
+    Why: in real play FIRE serves only once the life counter has dropped. The scripted player (and a human)
+    presses FIRE as soon as the ball is gone, and the ~6 steps before the counter drops, where FIRE does
+    nothing, sit at the end of the lost life's episode; the serve itself then comes at the next episode's first
+    step, with a padded context. A world model trained on that sees "4 frames without a ball, FIRE -> still no
+    ball" far more often than a serve (collect's scripted play: 25 to 5; random play: 390 to 149), so it learns
+    that FIRE does not serve, and a dream that has lost its ball never gets one back. These clips show the serve
+    after a real wait. -> stats (clips, steps, serves seen: clips whose ball appeared the step after FIRE)."""
+    if game not in POLICIES:
+        raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
+    if not 0 <= wait[0] <= wait[1]:
+        raise ValueError(f"wait must be 0 <= MIN <= MAX, got {wait}")
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
+    steps = served = 0
+    obs, _ = env.reset()
+    with tqdm(total=num_clips, desc=f"serves {game}", unit="clip", disable=not progress) as bar:
+        for _ in range(num_clips):
+            player = POLICIES[game](rng, skill=float(rng.uniform(0.9, 1.0)))
+            moves = [int(rng.choice([NOOP, RIGHT, LEFT]))] * int(rng.integers(wait[0], wait[1] + 1))
+            for i in range(1, len(moves)):  # a wait's moves are held for a few steps, as a player does
+                moves[i] = moves[i - 1] if rng.random() < 0.7 else int(rng.choice([NOOP, RIGHT, LEFT]))
+            frames, acts, rews, ends = [], [], [], []
+            done = False
+            for t in range(len(moves) + 1 + follow):
+                act = moves[t] if t < len(moves) else FIRE if t == len(moves) else player.act(ale.getRAM())
+                next_obs, rew, end, trunc, _ = env.step(act)
+                frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
+                obs = next_obs
+                if t == len(moves):
+                    served += int(ale.getRAM()[_BALL_Y] != 0)
+                if end or trunc:
+                    done = True
+                    break
+            truncs = [False] * len(acts)
+            truncs[-1] = not ends[-1]
+            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
+                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
+            steps += len(acts)
+            bar.update(1)
+            while not done:  # lose the rest of the life, unrecorded: keep the paddle away from the ball
+                ram = ale.getRAM()
+                act = FIRE if ram[_BALL_Y] == 0 else LEFT if int(ram[_PADDLE_X]) + _PADDLE_TO_BALL > int(ram[_BALL_X]) - 20 \
+                    and int(ram[_PADDLE_X]) > 60 else RIGHT
+                _, _, end, trunc, _ = env.step(act)
+                done = end or trunc
+            obs, _ = env.reset()  # the next life's first frame (or a new game's)
+    env.close()
+    return {"clips": num_clips, "steps": steps, "served": served}
 
 
 def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,

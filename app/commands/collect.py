@@ -11,10 +11,16 @@ model only (it shows the model rallies, bricks broken high and low, serves and l
 never reaches); the agent never sees it. Each episode draws a skill: the chance per step of acting on the ball
 rather than being distracted for a few steps.
 
+With --serves N it records N short clips instead, each from the first frame of a life: a random wait of 0-10
+steps, the serve, 12 steps following the ball (the rest of the life is played unrecorded). Real play serves
+within a step or two of a lost life, or presses FIRE before the life counter drops, where it does nothing; a
+model trained on that alone learns that FIRE does not serve (see the README's Training section).
+
 scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
 
 examples:
   dreamarcade collect --game Breakout --steps 50000 --out data/breakout
+  dreamarcade collect --game Breakout --serves 1200 --out data/breakout/serves --seed 101
   dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
 """
 
@@ -24,6 +30,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--game", default="Breakout", help="game with a scripted player (default Breakout)")
     p.add_argument("--steps", type=int, default=50_000, help="real steps to play (default 50000)")
+    p.add_argument("--serves", type=int, metavar="N", default=None,
+                   help="record N serve clips (a wait, the serve, 12 steps of play) instead of --steps of play")
     p.add_argument("--out", metavar="DIR", required=True, help="episode store to write (created; added to if it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
     p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
@@ -39,15 +47,22 @@ def run(args: argparse.Namespace) -> int:
     game = resolve_game(args.game)
     if game not in POLICIES:
         raise UserError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
+    if args.serves is not None and args.serves < 1:
+        raise UserError(f"--serves must be at least 1, got {args.serves}")
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
         raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
     from training.episode_store import EpisodeStore
-    from training.scripted import collect_scripted
+    from training.scripted import collect_scripted, collect_serves
 
     store = EpisodeStore(args.out)
     before = store.num_steps
+    if args.serves is not None:
+        stats = collect_serves(game, store, args.serves, seed=args.seed)
+        print(f"{game}: {stats['clips']} serve clips, {stats['steps']} steps (the ball served in {stats['served']}); "
+              f"{args.out} now holds {before + stats['steps']} steps")
+        return 0
     stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill))
     print(f"{game}: {stats['steps']} steps in {stats['episodes']} episodes (one life each), return per episode "
           f"{stats['return_mean']:.1f} mean, {stats['return_max']:.0f} max; {args.out} now holds "
