@@ -29,11 +29,11 @@ def ball_batch(moves: bool, b=4, last_target_only=False) -> Batch:
                  mask=torch.ones(b, 6, dtype=torch.bool))
 
 
-def agent_with(weight: float, radius: int = 4, target_weight: float = 0.0) -> Agent:
+def agent_with(weight: float, radius: int = 4, target_weight: float = 0.0, appear: float = 0.0) -> Agent:
     cfg = tiny(4)
     torch.manual_seed(0)
     den = dataclasses.replace(cfg.denoiser, moving_loss_weight=weight, moving_radius=radius,
-                              moved_target_weight=target_weight)
+                              moved_target_weight=target_weight, appear_weight=appear)
     return Agent(dataclasses.replace(cfg, denoiser=den))
 
 
@@ -81,6 +81,21 @@ def test_the_target_weight_reads_where_the_target_moved_near_what_moves():
     assert extra(both, moving) == pytest.approx(extra(agent_with(10.0), moving) + extra(tilted, moving), rel=1e-4)
 
 
+def test_the_appear_weight_reads_where_the_target_moved_away_from_what_moves():
+    """`appear_weight` a: a ball appearing where nothing moved (a serve) weighs 1 + a; near the moving ball it adds
+    nothing (that is `moved_target_weight`'s), and with nothing new in the target the loss is the reference's."""
+    plain, appear = agent_with(0.0), agent_with(0.0, appear=10.0)
+    extra = lambda a, batch: loss(a, batch) - loss(plain, batch)
+    surprise, still, moving = ball_batch(moves=False, last_target_only=True), ball_batch(moves=False), ball_batch(moves=True)
+    assert extra(appear, still) == 0 and extra(appear, moving) == 0  # nothing appears away from motion
+    assert extra(appear, surprise) > loss(plain, surprise) * 0.001
+    twice = agent_with(0.0, appear=20.0)
+    assert extra(twice, surprise) == pytest.approx(2 * extra(appear, surprise), rel=1e-4)  # 1 + a: linear in a
+    far = ball_batch(moves=True)
+    far.obs[:, 5, :, 2:6, 40:48] = 0.5  # a score digit changes in the last target, far from the ball
+    assert extra(appear, far) > 0 and extra(agent_with(0.0, target_weight=10.0, appear=10.0), far) > extra(appear, far)
+
+
 def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     weighted = agent_with(10.0)
     weighted.denoiser.loss(ball_batch(moves=True), generator=torch.Generator().manual_seed(1)).backward()
@@ -89,7 +104,7 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     cfg = small_residual(4)
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
-    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight"):
+    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight"):
         del old["denoiser"][key]  # a config written before the options: read as off
     den = AgentConfig.from_dict(old).denoiser
-    assert den.moving_loss_weight == den.moved_target_weight == 0.0
+    assert den.moving_loss_weight == den.moved_target_weight == den.appear_weight == 0.0
