@@ -91,6 +91,26 @@ def test_imagine_starts_from_a_real_reset_and_respects_the_horizon(agent, precis
     s.close()
 
 
+def test_a_dream_starts_with_the_ball_served(agent):
+    """Breakout waits for FIRE: the real steps that fill a new game's context serve, so the dream's first frames
+    (the real ones) show the ball moving; a game without FIRE as action 1 only waits with NOOPs."""
+    from app.player.sources import RealSource
+
+    s = session(agent, "compare", "human")
+    assert [a for _, a in s.real.history] == [0, 1, 0] and s.t == 0
+    in_flight = lambda f: bool((f[30:55, 4:60] > 60).any())  # the ball between the bricks and the paddle
+    frames = [f for f, _ in s.real.history] + [s.real.obs]
+    assert [in_flight(f) for f in frames] == [False, False, True, True]
+    snap = s.snapshot()
+    assert [p[0] for p in snap.panels] == ["dream", "real"] and in_flight(snap.panels[0][1])
+    np.testing.assert_array_equal(snap.panels[0][1], snap.panels[1][1])
+    s.close()
+    pacman = RealSource("MsPacman", seed=0, context=4)
+    pacman.reset()
+    assert not pacman.serves and list(pacman.context()[1]) == [0, 0, 0, 0]
+    pacman.close()
+
+
 def test_dreams_use_the_weights_own_denoising_steps(weights_file, tmp_path):
     """Weights that name their sampler steps ("denoising_steps" in their metadata) dream with them unless told
     otherwise; weights that do not, with the reference's 3."""

@@ -37,7 +37,12 @@ def original_frame(env, info: dict) -> np.ndarray | None:
 
 class RealSource:
     """The real ALE emulator, remembering the last `context` frames and actions to seed the world model
-    (`context`: the denoiser's `num_steps_conditioning`; 1 when there is no world model to seed)."""
+    (`context`: the denoiser's `num_steps_conditioning`; 1 when there is no world model to seed).
+
+    A game whose action 1 is FIRE (Breakout, Pong, ...: the ones that wait for it to start, as Stable-Baselines'
+    FireResetEnv assumes) is served in the steps that fill a new game's context, so a dream starts with the ball
+    in flight, as the reference's player starts its dreams from frames of real play. A world model rarely learns
+    the serve itself (see the README), and one started on a still board would wait for a ball that never comes."""
 
     def __init__(self, game: str, seed: int | None = None, context: int = 1):
         self.game, self.context_length = game, context
@@ -47,6 +52,7 @@ class RealSource:
         self.original: np.ndarray | None = None
         self.history: deque[tuple[np.ndarray, int]] = deque(maxlen=context)
         self.done = False
+        self.serves = len(self.meanings) >= 3 and self.meanings[1] == "FIRE"
 
     @property
     def num_actions(self) -> int:
@@ -70,12 +76,13 @@ class RealSource:
     def context(self) -> tuple[np.ndarray, np.ndarray]:
         """The last `context` frames (context, H, W, 3) uint8, the latest being the current frame, and the
         actions taken after each (context,); the last action is a placeholder the model's step overwrites.
-        At the start of a game NOOPs are played (not counted as steps) until there are enough frames."""
+        At the start of a game NOOPs are played (not counted as steps) until there are enough frames, the next to
+        last of them FIRE in a game that `serves`, so the last two frames show the ball moving."""
         n = self.context_length
         while len(self.history) < n - 1:
             if self.done:
                 self.reset()
-            self.step(0)
+            self.step(1 if self.serves and len(self.history) == max(n - 3, 0) else 0)
         past = list(self.history)[len(self.history) - (n - 1):]
         obs = np.stack([o for o, _ in past] + [self.obs])
         act = np.array([a for _, a in past] + [0], dtype=np.int64)
