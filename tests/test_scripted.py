@@ -56,5 +56,9 @@ def test_serve_clips_wait_then_serve_with_a_real_context(tmp_path, capsys):
         assert _ball_in_flight(ep.obs[w + 1])  # the real game serves at the next step
         assert len(ep) == w + 1 + 12 and ep.trunc[-1] and not ep.end.any()  # a clip: cut, not a lost life
     assert max(waits) >= 4 and min(waits) <= 10  # some serves come after 4 real frames without a ball
+    short = tmp_path / "short"
+    assert main(["collect", "--game", "Breakout", "--serves", "3", "--serve-steps", "2", "--out", str(short)]) == 0
+    store = EpisodeStore(short, static=True)
+    assert all(len(store[i]) == int(np.flatnonzero(store[i].act == 1)[0]) + 3 for i in range(3))
     assert main(["collect", "--game", "Breakout", "--serves", "0", "--out", str(out)]) == 2
     assert "--serves must be at least 1" in capsys.readouterr().err

@@ -12,9 +12,9 @@ never reaches); the agent never sees it. Each episode draws a skill: the chance 
 rather than being distracted for a few steps.
 
 With --serves N it records N short clips instead, each from the first frame of a life: a random wait of 0-10
-steps, the serve, 12 steps following the ball (the rest of the life is played unrecorded). Real play serves
-within a step or two of a lost life, or presses FIRE before the life counter drops, where it does nothing; a
-model trained on that alone learns that FIRE does not serve (see the README's Training section).
+steps, the serve, --serve-steps (12) steps following the ball; the rest of the life is played unrecorded. Real
+play serves within a step or two of a lost life, or presses FIRE before the life counter drops, where it does
+nothing; a model trained on that alone learns that FIRE does not serve (see the README's Training section).
 
 scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
 
@@ -31,7 +31,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--game", default="Breakout", help="game with a scripted player (default Breakout)")
     p.add_argument("--steps", type=int, default=50_000, help="real steps to play (default 50000)")
     p.add_argument("--serves", type=int, metavar="N", default=None,
-                   help="record N serve clips (a wait, the serve, 12 steps of play) instead of --steps of play")
+                   help="record N serve clips (a wait, the serve, --serve-steps of play) instead of --steps of play")
+    p.add_argument("--serve-steps", type=int, metavar="K", default=12,
+                   help="with --serves: steps recorded after each serve (default 12; fewer: the serve is more of the data)")
     p.add_argument("--out", metavar="DIR", required=True, help="episode store to write (created; added to if it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
     p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
     if args.serves is not None and args.serves < 1:
         raise UserError(f"--serves must be at least 1, got {args.serves}")
+    if args.serve_steps < 0:
+        raise UserError(f"--serve-steps must be at least 0, got {args.serve_steps}")
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     store = EpisodeStore(args.out)
     before = store.num_steps
     if args.serves is not None:
-        stats = collect_serves(game, store, args.serves, seed=args.seed)
+        stats = collect_serves(game, store, args.serves, seed=args.seed, follow=args.serve_steps)
         print(f"{game}: {stats['clips']} serve clips, {stats['steps']} steps (the ball served in {stats['served']}); "
               f"{args.out} now holds {before + stats['steps']} steps")
         return 0
