@@ -136,8 +136,10 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
             bar.update(1)
             while not done:  # lose the rest of the life, unrecorded: keep the paddle away from the ball
                 ram = ale.getRAM()
-                act = FIRE if ram[_BALL_Y] == 0 else LEFT if int(ram[_PADDLE_X]) + _PADDLE_TO_BALL > int(ram[_BALL_X]) - 20 \
-                    and int(ram[_PADDLE_X]) > 60 else RIGHT
+                paddle, ball = int(ram[_PADDLE_X]), int(ram[_BALL_X])
+                # run left unless the ball is well left of the paddle or the paddle is at the left wall
+                run_left = paddle + _PADDLE_TO_BALL > ball - 20 and paddle > 60
+                act = FIRE if ram[_BALL_Y] == 0 else LEFT if run_left else RIGHT
                 _, _, end, trunc, _ = env.step(act)
                 done = end or trunc
             obs, _ = env.reset()  # the next life's first frame (or a new game's)
