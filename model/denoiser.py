@@ -262,9 +262,11 @@ class Denoiser(nn.Module):
             weight = mask
             if self.cfg.moving_loss_weight or self.cfg.moved_target_weight or self.cfg.appear_weight:
                 near = moving_pixels(clean[n + i - 2], clean[n + i - 1], self.cfg.moving_radius)
-                moved = moving_pixels(clean[n + i - 1], next_obs)
-                tilt = self.cfg.moved_target_weight * moved
-                weight = mask * (1 + (self.cfg.moving_loss_weight + tilt) * near + self.cfg.appear_weight * moved * (1 - near))
+                extra = self.cfg.moving_loss_weight * near
+                if self.cfg.moved_target_weight or self.cfg.appear_weight:  # the tilts read where the target moved
+                    moved = moving_pixels(clean[n + i - 1], next_obs)
+                    extra = extra + moved * (self.cfg.moved_target_weight * near + self.cfg.appear_weight * (1 - near))
+                weight = mask * (1 + extra)
             loss = loss + ((output - target) ** 2 * weight).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
