@@ -77,6 +77,11 @@ def _reflect(x: float) -> int:
 POLICIES = {"Breakout": BreakoutFollower}
 
 
+def _check_game(game: str) -> None:
+    if game not in POLICIES:
+        raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
+
+
 def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
                      skill: tuple[float, float] = (0.93, 0.995), progress: bool = True) -> dict:
     """Plays `num_steps` real steps of `game` with its scripted player into `store` -> stats.
@@ -101,8 +106,7 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
     ball" far more often than a serve (collect's scripted play: 25 to 5; random play: 390 to 149), so it learns
     that FIRE does not serve, and a dream that has lost its ball never gets one back. These clips show the serve
     after a real wait. -> stats (clips, steps, serves seen: clips whose ball appeared the step after FIRE)."""
-    if game not in POLICIES:
-        raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
+    _check_game(game)
     if not 0 <= wait[0] <= wait[1]:
         raise ValueError(f"wait must be 0 <= MIN <= MAX, got {wait}")
     rng = np.random.default_rng(seed)
@@ -174,8 +178,7 @@ def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tupl
     """The scripted player plays episodes into `store` until `num_steps` steps, each episode with a skill drawn
     from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take.
     -> (returns, lengths, steps where the two agree)."""
-    if game not in POLICIES:
-        raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
+    _check_game(game)
     rng = np.random.default_rng(seed)
     env = make_atari_env(game, train=train, seed=seed)
     ale = env.unwrapped.ale
