@@ -37,12 +37,14 @@ def test_games_lists_the_toy_game_that_train_accepts():
     (["play", "--game", "Brekout"], "unknown game 'Brekout': did you mean Breakout?"),
     (["play", "--fps", "0"], "--fps must be positive, not 0"),
     (["eval", "--game", "Pongg"], "unknown game 'Pongg': did you mean Pong?"),
-    (["eval", "--game", "Breakout", "--episodes", "0"], "--episodes and --num-envs must be at least 1"),
-    (["eval", "--fidelity", "--game", "Breakout", "--horizon", "0"], "--horizon and --contexts must be at least 1"),
+    (["eval", "--game", "Breakout", "--episodes", "0"], "--episodes must be at least 1, got 0"),
+    (["eval", "--fidelity", "--game", "Breakout", "--horizon", "0"], "--horizon must be at least 1, got 0"),
+    (["eval", "--fidelity", "--game", "Breakout", "--contexts", "0"], "--contexts must be at least 1, got 0"),
+    (["play", "--denoising-steps", "0"], "--denoising-steps must be at least 1, got 0"),
     (["train", "--game", "Brekout"], "unknown game 'Brekout': did you mean Breakout?"),
     (["train", "--game", "Pong", "--preset", "small"], "unknown preset 'small'; choose one of: atari100k, consumer, "
                                                        "cpu, breakout, tiny, catch"),
-    (["train", "--game", "Pong", "--epochs", "0"], "--epochs must be at least 1, not 0"),
+    (["train", "--game", "Pong", "--epochs", "0"], "--epochs must be at least 1, got 0"),
     (["train", "--game", "Pong", "--keep-weights-every", "-1"], "--keep-weights-every must be 0 (off) or more, not -1"),
     (["train", "--game", "Pong", "--world-model-lr", "0"], "--world-model-lr must be between 0 and 1 (e.g. 2e-5), not 0.0"),
 ])

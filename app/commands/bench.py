@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from app.commands import require_at_least
 from weights.errors import NotFound, UserError
 
 DESCRIPTION = """\
@@ -85,14 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model not in PRESETS:
         raise UserError(f"unknown model size {args.model!r}; choose one of: {', '.join(PRESETS)}")
-    if args.repeats is not None and args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.epoch_updates < 1:
-        raise UserError(f"--epoch-updates must be at least 1, got {args.epoch_updates}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    require_at_least(args, 1, "repeats", "batch_size", "epoch_updates", "threads")
     from app.device import resolve_device
 
     device = resolve_device(args.device)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands import require_at_least
+
 DESCRIPTION = """\
 Teach the actor-critic of existing weights to play like a teacher (behaviour cloning): its policy learns the
 teacher's actions frame by frame, its value head the discounted returns. The world model is kept as it is. In
@@ -79,13 +81,9 @@ def demos_path(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from weights.errors import UserError
 
-    for name in ("updates", "batch_size", "seq_length", "save_every", "demo_steps"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    require_at_least(args, 1, "updates", "batch_size", "seq_length", "save_every", "demo_steps", "threads")
     if args.seq_length <= 4:
         raise UserError(f"--seq-length must be more than the 4 burn-in steps, got {args.seq_length}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     out = Path(args.out).expanduser()
     if out.suffix != ".safetensors":
         raise UserError(f"--out must name a .safetensors file, got {args.out}")

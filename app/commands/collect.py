@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from app.commands import require_at_least
+
 DESCRIPTION = """\
 Play the real game (the Atari 100k training env: 64x64 frames, frame skip 4, a life loss ends an episode)
 with a scripted player that reads the game's RAM, and write the episodes to an episode store that
@@ -49,12 +51,8 @@ def run(args: argparse.Namespace) -> int:
     game = resolve_game(args.game)
     if game not in POLICIES:
         raise UserError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
-    if args.serves is not None and args.serves < 1:
-        raise UserError(f"--serves must be at least 1, got {args.serves}")
-    if args.serve_steps < 0:
-        raise UserError(f"--serve-steps must be at least 0, got {args.serve_steps}")
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    require_at_least(args, 1, "serves", "steps")
+    require_at_least(args, 0, "serve_steps")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
         raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
     from training.episode_store import EpisodeStore

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from app.commands import require_at_least
 from weights.errors import UserError
 
 DESCRIPTION = """\
@@ -75,18 +76,11 @@ def _check_args(args: argparse.Namespace) -> None:
     from training.games import resolve_game
 
     resolve_game(args.game)  # an unknown name fails here, with the closest names
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    if args.fidelity and (args.horizon < 1 or args.contexts < 1):
-        raise UserError("--horizon and --contexts must be at least 1")
-    if args.fidelity and args.board_dreams < 1:
-        raise UserError("--board-dreams must be at least 1")
-    if args.fidelity and args.denoising_steps is not None and args.denoising_steps < 1:
-        raise UserError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
-    if not args.fidelity and (args.episodes < 1 or args.num_envs < 1):
-        raise UserError("--episodes and --num-envs must be at least 1")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, not {args.max_steps}")
+    require_at_least(args, 1, "threads", "max_steps")
+    if args.fidelity:
+        require_at_least(args, 1, "horizon", "contexts", "board_dreams", "denoising_steps")
+    else:
+        require_at_least(args, 1, "episodes", "num_envs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,8 +138,7 @@ def _label(source: str) -> str:
 def _run_aggregate(args: argparse.Namespace) -> int:
     from training.aggregate import BootstrapConfig, aggregate, load_results, merge_results, plot_aggregates
 
-    if args.reps < 1:
-        raise UserError("--reps must be at least 1")
+    require_at_least(args, 1, "reps")
     cfg = BootstrapConfig(reps=args.reps, seed=args.seed)
     summary = aggregate(merge_results([load_results(source) for source in args.aggregate]), cfg)
     label = _label(args.aggregate[0]) + (f" (+{len(args.aggregate) - 1} files)" if len(args.aggregate) > 1 else "")

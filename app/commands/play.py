@@ -5,6 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
+from app.commands import require_at_least
 from weights.errors import UserError
 
 DESCRIPTION = """\
@@ -79,8 +80,7 @@ def _check_args(args: argparse.Namespace) -> None:
         resolve_game(args.game)  # an unknown name fails here, with the closest names
     if args.fps <= 0:
         raise UserError(f"--fps must be positive, not {args.fps:g}")
-    if args.denoising_steps is not None and args.denoising_steps < 1:
-        raise UserError(f"--denoising-steps must be at least 1, not {args.denoising_steps}")
+    require_at_least(args, 1, "denoising_steps")
     if args.horizon < 0:
         raise UserError(f"--horizon must be 0 (never) or positive, not {args.horizon}")
     if args.size is not None and not 64 <= args.size <= 4096:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from app.commands import require_at_least
 from weights.errors import NotFound, UserError
 
 DESCRIPTION = """\
@@ -85,10 +86,7 @@ def run(args) -> int:
     from pathlib import Path
 
     # Everything the user typed is checked before torch is imported (that alone takes seconds).
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, not {args.threads}")
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, not {args.epochs}")
+    require_at_least(args, 1, "threads", "epochs")
     if args.keep_weights_every < 0:
         raise UserError(f"--keep-weights-every must be 0 (off) or more, not {args.keep_weights_every}")
     if args.world_model_lr is not None and not 0 < args.world_model_lr < 1:
