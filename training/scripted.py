@@ -77,7 +77,8 @@ def _reflect(x: float) -> int:
 POLICIES = {"Breakout": BreakoutFollower}
 
 
-def _check_game(game: str) -> None:
+def check_game(game: str) -> None:
+    """Raises UserError where `game` (a resolved name) has no scripted player."""
     if game not in POLICIES:
         raise UserError(f"no scripted player for {game}; scripted play exists for: {', '.join(POLICIES)}")
 
@@ -106,7 +107,7 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
     ball" far more often than a serve (collect's scripted play: 25 to 5; random play: 390 to 149), so it learns
     that FIRE does not serve, and a dream that has lost its ball never gets one back. These clips show the serve
     after a real wait. -> stats (clips, steps, serves seen: clips whose ball appeared the step after FIRE)."""
-    _check_game(game)
+    check_game(game)
     if not 0 <= wait[0] <= wait[1]:
         raise ValueError(f"wait must be 0 <= MIN <= MAX, got {wait}")
     rng = np.random.default_rng(seed)
@@ -178,7 +179,7 @@ def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tupl
     """The scripted player plays episodes into `store` until `num_steps` steps, each episode with a skill drawn
     from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take.
     -> (returns, lengths, steps where the two agree)."""
-    _check_game(game)
+    check_game(game)
     rng = np.random.default_rng(seed)
     env = make_atari_env(game, train=train, seed=seed)
     ale = env.unwrapped.ale

@@ -45,12 +45,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 def run(args: argparse.Namespace) -> int:
     from training.games import resolve_game
-    from training.scripted import POLICIES
+    from training.scripted import check_game
     from weights.errors import UserError
 
     game = resolve_game(args.game)
-    if game not in POLICIES:
-        raise UserError(f"no scripted player for {game}; there is one for: {', '.join(POLICIES)}")
+    check_game(game)
     require_at_least(args, 1, "serves", "steps")
     require_at_least(args, 0, "serve_steps")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
