@@ -14,26 +14,12 @@ from app.bench import synthetic_batch
 from training.graphed_updates import can_capture, cuda_graphs_enabled, graphed_denoiser_update, graphed_rew_end_update
 from training.optim import ModelOptimizer, OptimConfig
 from training.updates import denoiser_update, rew_end_update
-from update_helpers import exact_device, filled_tiny_agent
+from update_helpers import NUM_ACTIONS as A
+from update_helpers import agent, device, needs_cuda  # noqa: F401 (agent, device: fixtures)
 
-A = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
 OPT = OptimConfig(lr=1e-3, max_grad_norm=1.0, warmup_steps=2)  # update 1 at lr 0; a norm the updates exceed
 SEQ = {"denoiser": 6, "rew_end": 8}
-
-
-@pytest.fixture
-def device(request):
-    """cpu, or cuda without TF32 (whose rounding would hide nothing but blur the comparison)."""
-    with exact_device(request.param) as device:
-        yield device
-
-
-@pytest.fixture(scope="module")
-def agent():
-    return filled_tiny_agent(A)
 
 
 def batch(model: str, seed: int, device):
@@ -63,7 +49,6 @@ def plain_and_graphed(agent, model: str, device, generator: str, warmup: int = 1
     return sides
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("model, generator", [("denoiser", "explicit"), ("denoiser", "default"),
                                               ("rew_end", "default")])  # the reward/end loss draws no noise
 def test_graphed_updates_match_the_plain_updates(agent, model, device, generator):
@@ -93,7 +78,6 @@ def test_graphed_updates_match_the_plain_updates(agent, model, device, generator
     assert opt_graphed.state_dict()["scheduler"] == opt_plain.state_dict()["scheduler"]
 
 
-@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_a_resumed_graphed_update_continues_as_the_uninterrupted_one(agent, device):
     """The optimizer state of a graphed (on CUDA: captured, capturable) update saved after 3 updates and loaded into
     a fresh agent and optimizer: the next update there == the next update of the run that was not stopped."""
@@ -140,7 +124,7 @@ def test_what_is_captured(monkeypatch):
         assert cuda_graphs_enabled() is on and can_capture("cuda", "float32") is on
 
 
-@cuda
+@needs_cuda
 @pytest.mark.parametrize("model", ["denoiser", "rew_end"])
 def test_replays_wait_for_nothing_and_show_the_weights_changed(agent, model):
     """After the capture, replays run with torch's sync debug mode set to error (no host synchronisation), and

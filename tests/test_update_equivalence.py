@@ -19,23 +19,10 @@ from training.imagination import Imagination, actor_critic_update
 from training.optim import ModelOptimizer, OptimConfig, param_groups
 from training.presets import ImaginationConfig
 from training.updates import denoiser_update, rew_end_update
-from update_helpers import exact_device, filled_tiny_agent
+from update_helpers import NUM_ACTIONS as A
+from update_helpers import agent, device, needs_cuda  # noqa: F401 (agent, device: fixtures)
 
-A = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    """cpu, and cuda where there is one (without TF32, whose rounding depends on the batch size)."""
-    with exact_device(request.param) as device:
-        yield device
-
-
-@pytest.fixture(scope="module")
-def agent():
-    return filled_tiny_agent(A)
 
 
 class ContextStream:
@@ -310,7 +297,7 @@ def test_optimizer_matches_the_previous_one():
     assert other.num_steps == 8 and other.lr == opt.lr and float(other.optimizer.param_groups[0]["lr"]) == pytest.approx(cfg.lr)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@needs_cuda
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_updates_never_wait_for_the_gpu(agent, precision):
     """After a warm-up update (it fills the pool of contexts; bfloat16: captures the CUDA graph), updates of all
