@@ -61,6 +61,13 @@ class DenoiserConfig:
     # the 2-pixel ball at p = 1/4 per place is not, even with 1,200 serves in the data) and a rare change far from
     # motion is drawn more often than it comes (a score digit). 0: none
     appear_weight: float = 0.0
+    # > 0: where the network's own estimate of the target (detached, at the step's sigma) differs from the last
+    # real frame away from what moved and the target does not (something drawn that never came: a second ball
+    # served while one is in flight), the weight grows by this. It makes a false appearance cost what a missed one
+    # costs under `appear_weight`: wherever the network draws something new the weight no longer reads the target,
+    # so there the prediction returns to the conditional mean, and the tilt acts only where it draws nothing yet.
+    # 0: none
+    false_appear_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
@@ -228,7 +235,8 @@ class Denoiser(nn.Module):
         `noise_previous_obs`, each target's 4 conditioning frames get fresh noise first (`noise_obs`); with
         `moving_loss_weight` w, the pixels near what moved between the last two real conditioning frames weigh 1 + w
         (`moved_target_weight` v adds v among them where the target moved; `appear_weight` a adds a where the target
-        moved away from them).
+        moved away from them; `false_appear_weight` f adds f where the estimate moved away from them and the target
+        did not).
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -259,19 +267,33 @@ class Denoiser(nn.Module):
                 target = ((next_obs - base) - cs.c_skip * (noisy_next_obs - base)) / cs.c_out
             # mean over the elements of non-padded targets (= F.mse_loss on the masked rows, never NaN)
             num = (mask.sum() * next_obs[0].numel()).clamp(min=1)
-            weight = mask
-            if self.cfg.moving_loss_weight or self.cfg.moved_target_weight or self.cfg.appear_weight:
-                near = moving_pixels(clean[n + i - 2], clean[n + i - 1], self.cfg.moving_radius)
-                extra = self.cfg.moving_loss_weight * near
-                if self.cfg.moved_target_weight or self.cfg.appear_weight:  # the tilts read where the target moved
-                    moved = moving_pixels(clean[n + i - 1], next_obs)
-                    extra = extra + moved * (self.cfg.moved_target_weight * near + self.cfg.appear_weight * (1 - near))
-                weight = mask * (1 + extra)
+            estimate = None
+            if i < num_targets - 1 or self.cfg.false_appear_weight:
+                estimate = self.wrap_output(noisy_next_obs, output.detach(), cs, base)
+            extra = pixel_weights(self.cfg, clean[n + i - 2], clean[n + i - 1], next_obs, estimate)
+            weight = mask if extra is None else mask * (1 + extra)
             loss = loss + ((output - target) ** 2 * weight).sum() / num
 
             if i < num_targets - 1:  # the autoregressive step: condition the next target on our own estimate
-                frames[n + i] = self.wrap_output(noisy_next_obs, output, cs, base)
+                frames[n + i] = estimate
         return loss / num_targets
+
+
+def pixel_weights(cfg: DenoiserConfig, before: Tensor, last: Tensor, target: Tensor, estimate: Tensor | None
+                  ) -> Tensor | None:
+    """The extra loss weight of each pixel, (B, 1, H, W), from the last two real conditioning frames, the target and
+    the network's own estimate of it (needed only with `false_appear_weight`); None with every option off."""
+    if not (cfg.moving_loss_weight or cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight):
+        return None
+    near = moving_pixels(before, last, cfg.moving_radius)
+    extra = cfg.moving_loss_weight * near
+    if cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight:  # these read the target
+        moved = moving_pixels(last, target)
+        extra = extra + moved * (cfg.moved_target_weight * near + cfg.appear_weight * (1 - near))
+        if cfg.false_appear_weight:
+            drawn = moving_pixels(last, estimate)
+            extra = extra + cfg.false_appear_weight * drawn * (1 - moved) * (1 - near)
+    return extra
 
 
 MOVING_THRESHOLD = 0.1  # in [-1, 1]: 13 of 255 levels, above the quantisation and colour noise of real frames

@@ -9,7 +9,7 @@ import torch
 from model import Agent
 from model.agent import AgentConfig
 from model.batch import Batch
-from model.denoiser import moving_pixels
+from model.denoiser import moving_pixels, pixel_weights
 from model.presets import small_residual, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,11 +29,12 @@ def ball_batch(moves: bool, b=4, last_target_only=False) -> Batch:
                  mask=torch.ones(b, 6, dtype=torch.bool))
 
 
-def agent_with(weight: float, radius: int = 4, target_weight: float = 0.0, appear: float = 0.0) -> Agent:
+def agent_with(weight: float, radius: int = 4, target_weight: float = 0.0, appear: float = 0.0,
+               false_appear: float = 0.0) -> Agent:
     cfg = tiny(4)
     torch.manual_seed(0)
     den = dataclasses.replace(cfg.denoiser, moving_loss_weight=weight, moving_radius=radius,
-                              moved_target_weight=target_weight, appear_weight=appear)
+                              moved_target_weight=target_weight, appear_weight=appear, false_appear_weight=false_appear)
     return Agent(dataclasses.replace(cfg, denoiser=den))
 
 
@@ -96,6 +97,37 @@ def test_the_appear_weight_reads_where_the_target_moved_away_from_what_moves():
     assert extra(appear, far) > 0 and extra(agent_with(0.0, target_weight=10.0, appear=10.0), far) > extra(appear, far)
 
 
+def test_the_false_appear_weight_reads_where_the_estimate_drew_what_the_target_lacks():
+    """`false_appear_weight` f: where the network's own estimate draws something away from what moves and the
+    target has nothing there (a second ball served while one flies), the weight is 1 + f; where the target has it
+    too that is `appear_weight`'s, and near the moving ball it adds nothing."""
+    cfg = dataclasses.replace(tiny(4).denoiser, appear_weight=5.0, false_appear_weight=10.0)
+    frames = ball_batch(moves=True).obs  # the ball flies through rows 30-31
+    before, last, target = frames[:, 2], frames[:, 3], frames[:, 4].clone()
+    estimate = target.clone()
+    estimate[:, :, 50:52, 40:42] = 0.5  # a ball drawn where none comes
+    estimate[:, :, 33:35, 20:22] = 0.5  # and one beside the flying ball (within 4 pixels of it)
+    target[:, :, 10:12, 50:52] = 0.5  # a ball that comes, drawn by the estimate too
+    estimate[:, :, 10:12, 50:52] = 0.5
+    extra = pixel_weights(cfg, before, last, target, estimate)
+    assert extra.shape == (4, 1, 64, 64)
+    assert (extra[:, :, 50:52, 40:42] == 10.0).all() and (extra == 10.0).sum() == 4 * 4  # there only
+    assert (extra[:, :, 10:12, 50:52] == 5.0).all()  # it came: the appear weight, not both
+    assert (extra[:, :, 33:35, 20:22] == 0.0).all()  # near what moves: neither
+    assert pixel_weights(dataclasses.replace(cfg, false_appear_weight=0.0), before, last, target, estimate)[
+        :, :, 50:52, 40:42].eq(0).all()
+    assert pixel_weights(tiny(4).denoiser, before, last, target, estimate) is None  # the reference's loss
+
+
+def test_the_false_appear_weight_reaches_the_loss():
+    """An untrained network draws noise away from the ball: those pixels weigh 1 + f, linear in f."""
+    plain, once, twice = agent_with(0.0), agent_with(0.0, false_appear=10.0), agent_with(0.0, false_appear=20.0)
+    batch = ball_batch(moves=True)
+    base = loss(plain, batch)
+    assert loss(once, batch) > base * 1.001
+    assert loss(twice, batch) - base == pytest.approx(2 * (loss(once, batch) - base), rel=1e-4)
+
+
 def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     weighted = agent_with(10.0)
     weighted.denoiser.loss(ball_batch(moves=True), generator=torch.Generator().manual_seed(1)).backward()
@@ -104,7 +136,7 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     cfg = small_residual(4)
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
-    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight"):
+    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight", "false_appear_weight"):
         del old["denoiser"][key]  # a config written before the options: read as off
     den = AgentConfig.from_dict(old).denoiser
-    assert den.moving_loss_weight == den.moved_target_weight == den.appear_weight == 0.0
+    assert den.moving_loss_weight == den.moved_target_weight == den.appear_weight == den.false_appear_weight == 0.0
