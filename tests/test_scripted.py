@@ -36,6 +36,34 @@ def test_collect_command(tmp_path, capsys):
     assert "no scripted player for Pong" in capsys.readouterr().err
 
 
+def test_fire_in_flight_presses_fire_during_rallies_and_no_second_ball_comes(tmp_path, capsys):
+    """--fire-in-flight Q: FIRE replaces the player's move with chance Q while the ball is in play; the real game
+    ignores it, and the frames say so: FIRE with the ball in flight, and still one ball at the next step."""
+    out = tmp_path / "fire"
+    assert main(["collect", "--steps", "600", "--fire-in-flight", "0.5", "--seed", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    fired = int(printed.split("FIRE in flight ")[1].split()[0])
+    store = EpisodeStore(out, static=True)
+    assert 0.3 * store.num_steps < fired < 0.7 * store.num_steps
+    in_flight = 0
+    for i in range(len(store)):
+        ep = store[i]
+        for t in range(len(ep) - 1):
+            if ep.act[t] == 1 and _ball_in_flight(ep.obs[t]):
+                in_flight += 1
+                assert _ball_pixels(ep.obs[t + 1]) <= 4
+    assert in_flight > 0.1 * store.num_steps
+    plain = collect_scripted("Breakout", EpisodeStore(tmp_path / "plain"), 300, seed=3, progress=False)
+    assert plain["fired_in_flight"] == 0
+    assert main(["collect", "--steps", "10", "--fire-in-flight", "1.5", "--out", str(out)]) == 2
+    assert "--fire-in-flight needs 0 <= Q <= 1" in capsys.readouterr().err
+
+
+def _ball_pixels(frame: np.ndarray) -> int:
+    """Bright pixels between the bricks and the paddle in a (3, 64, 64) frame: one ball shows 1-4."""
+    return int((frame[:, 30:55, 4:60].max(0) > 60).sum())
+
+
 def _ball_in_flight(frame: np.ndarray) -> bool:
     """A (3, 64, 64) frame shows the ball between the bricks and the paddle (the board there is black)."""
     return bool((frame[:, 30:55, 4:60] > 60).any())

@@ -41,6 +41,11 @@ class BreakoutFollower:
         self.last: tuple[int, int] | None = None  # the ball's (x, y) one step ago
         self.random_left, self.random_act = 0, NOOP
 
+    @staticmethod
+    def in_play(ram: np.ndarray) -> bool:
+        """A ball is in flight (FIRE would do nothing)."""
+        return bool(ram[_BALL_Y] != 0)
+
     def act(self, ram: np.ndarray) -> int:
         if self.random_left > 0:
             self.random_left -= 1
@@ -84,14 +89,19 @@ def check_game(game: str) -> None:
 
 
 def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
-                     skill: tuple[float, float] = (0.93, 0.995), progress: bool = True) -> dict:
+                     skill: tuple[float, float] = (0.93, 0.995), fire_in_flight: float = 0.0,
+                     progress: bool = True) -> dict:
     """Plays `num_steps` real steps of `game` with its scripted player into `store` -> stats.
 
-    Each episode (one life, as in the training env) draws its skill uniformly from `skill`."""
-    returns, lengths, _ = _play(game, store, num_steps, seed, skill, train=True, teacher_labels=False,
-                                desc=f"scripted {game}", progress=progress)
+    Each episode (one life, as in the training env) draws its skill uniformly from `skill`. With the ball in play,
+    FIRE replaces the player's action with chance `fire_in_flight`: it does nothing then in the real game, and a
+    world model shown the serves alone (`collect_serves`) learns that FIRE always brings a ball, a second one too."""
+    if not 0 <= fire_in_flight <= 1:
+        raise ValueError(f"fire_in_flight must be in [0, 1], got {fire_in_flight}")
+    returns, lengths, _, fired = _play(game, store, num_steps, seed, skill, train=True, teacher_labels=False,
+                                       desc=f"scripted {game}", progress=progress, fire_in_flight=fire_in_flight)
     return {"steps": int(np.sum(lengths)), "episodes": len(returns), "return_mean": float(np.mean(returns)),
-            "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths))}
+            "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths)), "fired_in_flight": fired}
 
 
 def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0, wait: tuple[int, int] = (0, 10),
@@ -168,22 +178,24 @@ def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed:
     serve after each lost life with the LSTM remembering the rally before; otherwise a life, as the training env
     cuts them (an agent cloned so learns the serve only from a fresh LSTM and, in a full game, waits hundreds
     of steps to serve again). -> stats (steps, episodes, agreement of taken and teacher actions)."""
-    returns, lengths, agree = _play(game, store, num_steps, seed, skill, train=not full_games, teacher_labels=True,
-                                    desc=f"demonstrations {game}", progress=progress)
+    returns, lengths, agree, _ = _play(game, store, num_steps, seed, skill, train=not full_games,
+                                       teacher_labels=True, desc=f"demonstrations {game}", progress=progress)
     steps = int(np.sum(lengths))
     return {"steps": steps, "episodes": len(returns), "agreement": agree / max(steps, 1)}
 
 
 def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tuple[float, float], train: bool,
-          teacher_labels: bool, desc: str, progress: bool) -> tuple[list[float], list[int], int]:
+          teacher_labels: bool, desc: str, progress: bool, fire_in_flight: float = 0.0
+          ) -> tuple[list[float], list[int], int, int]:
     """The scripted player plays episodes into `store` until `num_steps` steps, each episode with a skill drawn
-    from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take.
-    -> (returns, lengths, steps where the two agree)."""
+    from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take; with the
+    ball in play FIRE replaces the player's action with chance `fire_in_flight`.
+    -> (returns, lengths, steps where the two agree, FIREs pressed so)."""
     check_game(game)
     rng = np.random.default_rng(seed)
     env = make_atari_env(game, train=train, seed=seed)
     ale = env.unwrapped.ale
-    returns, lengths, agree = [], [], 0
+    returns, lengths, agree, fired = [], [], 0, 0
     obs, _ = env.reset()
     with tqdm(total=num_steps, desc=desc, unit="step", disable=not progress) as bar:
         while sum(lengths) < num_steps:
@@ -193,6 +205,9 @@ def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tupl
             while True:
                 ram = ale.getRAM()
                 act = player.act(ram)
+                if fire_in_flight and player.in_play(ram) and rng.random() < fire_in_flight:
+                    act = FIRE
+                    fired += 1
                 label = clean.act(ram) if clean is not None else act
                 agree += label == act
                 next_obs, rew, end, trunc, _ = env.step(act)
@@ -208,4 +223,4 @@ def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tupl
             bar.update(len(acts))
             obs, _ = env.reset()  # after a life loss the training env continues the same game
     env.close()
-    return returns, lengths, agree
+    return returns, lengths, agree, fired

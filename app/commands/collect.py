@@ -17,12 +17,16 @@ With --serves N it records N short clips instead, each from the first frame of a
 steps, the serve, --serve-steps (12) steps following the ball; the rest of the life is played unrecorded. Real
 play serves within a step or two of a lost life, or presses FIRE before the life counter drops, where it does
 nothing; a model trained on that alone learns that FIRE does not serve (see the README's Training section).
+One trained on many serve clips learns the opposite, that FIRE always brings a ball, a second one too: with
+--fire-in-flight Q the player presses FIRE instead of moving with chance Q while the ball is in flight, where it
+does nothing.
 
 scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
 
 examples:
   dreamarcade collect --game Breakout --steps 50000 --out data/breakout
   dreamarcade collect --game Breakout --serves 1200 --out data/breakout/serves --seed 101
+  dreamarcade collect --game Breakout --steps 80000 --fire-in-flight 0.5 --out data/breakout/fire --seed 51
   dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
 """
 
@@ -40,6 +44,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
     p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
                    help="range of the per-episode skill in [0, 1] (default 0.93 0.995)")
+    p.add_argument("--fire-in-flight", type=float, default=0.0, metavar="Q",
+                   help="with the ball in flight, press FIRE instead of the player's move with chance Q (default 0): "
+                        "it does nothing in the real game, which a model trained on --serves clips must also see")
     return p
 
 
@@ -54,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     require_at_least(args, 0, "serve_steps")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
         raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
+    if not 0 <= args.fire_in_flight <= 1:
+        raise UserError(f"--fire-in-flight needs 0 <= Q <= 1, got {args.fire_in_flight}")
+    if args.serves is not None and args.fire_in_flight:
+        raise UserError("--fire-in-flight is for --steps of play, not --serves clips")
     from training.episode_store import EpisodeStore
     from training.scripted import collect_scripted, collect_serves
 
@@ -64,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{game}: {stats['clips']} serve clips, {stats['steps']} steps (the ball served in {stats['served']}); "
               f"{args.out} now holds {before + stats['steps']} steps")
         return 0
-    stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill))
+    stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill),
+                             fire_in_flight=args.fire_in_flight)
+    fired = f", FIRE in flight {stats['fired_in_flight']} times" if args.fire_in_flight else ""
     print(f"{game}: {stats['steps']} steps in {stats['episodes']} episodes (one life each), return per episode "
-          f"{stats['return_mean']:.1f} mean, {stats['return_max']:.0f} max; {args.out} now holds "
+          f"{stats['return_mean']:.1f} mean, {stats['return_max']:.0f} max{fired}; {args.out} now holds "
           f"{before + stats['steps']} steps")
     return 0
