@@ -53,7 +53,7 @@ class BreakoutFollower:
         if self.rng.random() > self.skill:
             self.random_left, self.random_act = int(self.rng.integers(1, 6)), int(self.rng.integers(4))
             return self.random_act
-        if ram[_BALL_Y] == 0:  # no ball in play: serve, and pick where to hit the next one
+        if not self.in_play(ram):  # no ball in play: serve, and pick where to hit the next one
             self.last = None
             self.aim = int(self.rng.integers(-self.aim_range, self.aim_range + 1))
             return FIRE
@@ -139,7 +139,7 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
                 frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
                 obs = next_obs
                 if t == len(moves):
-                    served += int(ale.getRAM()[_BALL_Y] != 0)
+                    served += int(player.in_play(ale.getRAM()))
                 if end or trunc:
                     done = True
                     break
@@ -154,7 +154,7 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
                 paddle, ball = int(ram[_PADDLE_X]), int(ram[_BALL_X])
                 # run left unless the ball is well left of the paddle or the paddle is at the left wall
                 run_left = paddle + _PADDLE_TO_BALL > ball - 20 and paddle > 60
-                act = FIRE if ram[_BALL_Y] == 0 else LEFT if run_left else RIGHT
+                act = (LEFT if run_left else RIGHT) if player.in_play(ram) else FIRE
                 _, _, end, trunc, _ = env.step(act)
                 done = end or trunc
             obs, _ = env.reset()  # the next life's first frame (or a new game's)
