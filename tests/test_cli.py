@@ -40,6 +40,7 @@ def test_games_lists_the_toy_game_that_train_accepts():
     (["eval", "--game", "Breakout", "--episodes", "0"], "--episodes must be at least 1, got 0"),
     (["eval", "--fidelity", "--game", "Breakout", "--horizon", "0"], "--horizon must be at least 1, got 0"),
     (["eval", "--fidelity", "--game", "Breakout", "--contexts", "0"], "--contexts must be at least 1, got 0"),
+    (["eval", "--fidelity", "--game", "Breakout", "--serve-clips", "-1"], "--serve-clips must be at least 0, got -1"),
     (["play", "--denoising-steps", "0"], "--denoising-steps must be at least 1, got 0"),
     (["train", "--game", "Brekout"], "unknown game 'Brekout': did you mean Breakout?"),
     (["train", "--game", "Pong", "--preset", "small"], "unknown preset 'small'; choose one of: atari100k, consumer, "

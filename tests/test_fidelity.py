@@ -113,7 +113,7 @@ def test_measure_and_cli(agent, tmp_path, capsys):
     path = save_agent(agent, tmp_path / "tiny", metadata={"game": "Breakout", "denoising_steps": 1})
     out = tmp_path / "cli"
     argv = ["eval", "--fidelity", "--weights", str(path), "--game", "Breakout", "--horizon", "3",
-            "--contexts", "2", "--policy", "random", "--board-steps", "0", "--out", str(out)]
+            "--contexts", "2", "--policy", "random", "--board-steps", "0", "--serve-clips", "0", "--out", str(out)]
     assert main(argv) == 0
     saved = json.loads((out / "fidelity.json").read_text())
     assert len(saved["psnr"]) == 3 and (out / "strip.png").is_file() and (out / "curves.png").is_file()

@@ -65,7 +65,7 @@ def test_eval_fidelity_reports_the_board(tmp_path, capsys):
     out = tmp_path / "fid"
     argv = ["eval", "--fidelity", "--weights", str(path), "--game", "Breakout", "--horizon", "2", "--contexts", "1",
             "--denoising-steps", "1", "--policy", "random", "--board-steps", "2,5", "--board-dreams", "2",
-            "--out", str(out)]
+            "--serve-clips", "0", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "board PSNR" in printed and (out / "board.png").is_file()

@@ -66,6 +66,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "ends a game) and report the PSNR of the pixels that never change in real play at these "
                         "steps (default 25,100,300,1000; 0 skips it)")
     p.add_argument("--board-dreams", type=int, default=4, help="with --fidelity: dreams for --board-steps (default 4)")
+    p.add_argument("--serve-clips", type=int, default=48, metavar="N",
+                   help="with --fidelity on Breakout: also dream N real serves (FIRE with no ball in play), the "
+                        "same with NOOP, and N contexts with a ball in flight and FIRE pressed (which does nothing), "
+                        "and report how often each dream shows a ball, or two (default 48; 0 skips it)")
     return p
 
 
@@ -79,6 +83,7 @@ def _check_args(args: argparse.Namespace) -> None:
     require_at_least(args, 1, "threads", "max_steps")
     if args.fidelity:
         require_at_least(args, 1, "horizon", "contexts", "board_dreams", "denoising_steps")
+        require_at_least(args, 0, "serve_clips")
     else:
         require_at_least(args, 1, "episodes", "num_envs")
 
@@ -219,6 +224,10 @@ def _run_fidelity(args: argparse.Namespace) -> int:
     print(f"wrote {result['strip']} (real above, imagined below) and {result['curves']}")
     if args.board_steps:
         result["board"] = _run_board(args, agent, game)
+    from training.serve_check import has_serve_check
+
+    if args.serve_clips and has_serve_check(game):
+        result["serves"] = _run_serves(args, agent, game)
     _write_json(args.json or str(Path(args.out) / "fidelity.json"), result)
     return 0
 
@@ -241,3 +250,28 @@ def _run_board(args: argparse.Namespace, agent, game: str) -> dict:
     print(f"wrote {path} (a row per dream at those steps; last row: the pixels that never change)")
     return {"board_psnr": {str(t): v for t, v in board["board_psnr"].items()}, "static_fraction":
             board["static_fraction"], "restarts": board["restarts"], "dreams": cfg.dreams, "board_strip": str(path)}
+
+
+def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
+    """The serve check (training.serve_check) -> its JSON-safe results; prints a table, writes serves.png."""
+    import imageio.v3 as iio
+
+    from training.serve_check import ServeCheckConfig, measure_serves
+
+    cfg = ServeCheckConfig(clips=args.serve_clips, seed=args.seed, precision=args.precision,
+                           denoising_steps=args.denoising_steps)
+    serves = measure_serves(agent, game, cfg)
+    pct = lambda shares: [f"{x:.0%}" for x in shares]
+    print()
+    print(f"FIRE and the ball ({cfg.clips} real clips of each kind; the share of dreams, steps after the action):")
+    print(_table(["", *(f"step {t}" for t in range(1, cfg.steps + 1))], [
+        ["a ball after FIRE with none in play (a serve)", *pct(serves["serve"])],
+        ["  the real game", *pct(serves["serve_real"])],
+        ["a ball after NOOP instead (real: 0%)", *pct(serves["noop"])],
+        ["2+ balls, FIRE with one in flight", *pct(serves["second_ball"])],
+        ["  the real game", *pct(serves["second_ball_real"])],
+    ]))
+    path = Path(args.out) / "serves.png"
+    iio.imwrite(path, serves.pop("strip"))
+    print(f"wrote {path} (3 serves, then 3 FIREs with a ball in flight: real above, imagined below)")
+    return {**serves, "serves_strip": str(path)}

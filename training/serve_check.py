@@ -1,0 +1,162 @@
+"""Does FIRE serve in the dream when it serves in the real game, and only then? (`eval --fidelity`, "serves")
+
+Breakout's FIRE brings a ball at the next step when none is in play (a life's first frames), at one of four
+places the frames cannot tell; with a ball in flight it does nothing. A world model that has not learned the
+first never serves, so a dream that lost its ball stays empty; one that has not learned the second draws a
+new ball at every FIRE. Both cost the random-action PSNR of `eval --fidelity` without showing where, so this
+check asks each question on its own, from real contexts and with the real actions:
+- serve: 4 real frames without a ball (a life's start, a wait), FIRE, then the scripted player: the share of
+  dreams that show a ball 1, 2, ... steps after FIRE (the real game: all of them from step 1);
+- the same 4 frames with NOOP instead of FIRE (and nothing else changed): the share with a ball (real: none);
+- in flight: 4 real frames with one ball flying, then FIRE at every step: the share of dreams that show two
+  balls or more (real: none).
+A ball is a blob of bright pixels between the bricks and the paddle (`count_balls`), where the board is black.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.episode_store import EpisodeStore
+from training.fidelity import FidelityConfig, Rollouts, imagine, strip_image
+from training.scripted import FIRE, NOOP, POLICIES, collect_serves
+
+# rows and columns of a 64x64 frame between the lowest bricks and the paddle, inside the walls, per game
+BALL_REGION = {"Breakout": (slice(30, 55), slice(4, 60))}
+BRIGHT = 60  # a ball pixel: some channel above this (the board there is black; a ball is drawn at ~200)
+
+
+@dataclass(frozen=True)
+class ServeCheckConfig:
+    clips: int = 48  # real contexts of each kind
+    steps: int = 6  # dreamed steps after the context
+    seed: int = 0
+    precision: str = "float32"
+    denoising_steps: int | None = None  # None: the weights' own (`Agent.denoising_steps`)
+
+
+def has_serve_check(game: str) -> bool:
+    return game in BALL_REGION and game in POLICIES
+
+
+def count_balls(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
+    """Balls in each frame (..., 3, 64, 64) uint8: blobs of bright pixels (8-connected) in the game's
+    `BALL_REGION` -> int array of the leading shape."""
+    rows, cols = BALL_REGION[game]
+    frames = np.asarray(frames)
+    bright = frames[..., rows, cols].max(-3) > BRIGHT  # (..., h, w)
+    flat = bright.reshape(-1, *bright.shape[-2:])
+    return np.array([_blobs(b) for b in flat], dtype=int).reshape(bright.shape[:-2])
+
+
+def _blobs(mask: np.ndarray) -> int:
+    """8-connected components of a small boolean image (a flood fill from each unvisited pixel)."""
+    left = {(int(y), int(x)) for y, x in zip(*np.nonzero(mask))}
+    count = 0
+    while left:
+        count += 1
+        todo = [left.pop()]
+        while todo:
+            y, x = todo.pop()
+            for n in ((y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
+                if n in left:
+                    left.remove(n)
+                    todo.append(n)
+    return count
+
+
+def _rollouts(obs: np.ndarray, act: np.ndarray, context: int) -> Rollouts:
+    """Real clips obs (N, C + H, 3, h, w) uint8, act (N, C + H) -> Rollouts (no padding, every step valid)."""
+    n, steps = act.shape
+    horizon = steps - context
+    return Rollouts(torch.from_numpy(obs), torch.from_numpy(act).long(), torch.zeros(n, horizon),
+                    torch.zeros(n, horizon, dtype=torch.bool), torch.ones(n, horizon, dtype=torch.bool),
+                    torch.zeros(n, dtype=torch.long))
+
+
+def record_serves(game: str, clips: int, context: int, steps: int, seed: int) -> Rollouts:
+    """`clips` real serves (`collect_serves`, waiting at least `context` - 1 steps): `context` frames without a
+    ball, FIRE taken at the last of them, then `steps` - 1 steps of the scripted player following the ball."""
+    obs, act = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EpisodeStore(tmp)
+        collect_serves(game, store, clips, seed=seed, wait=(context - 1, context + 5), follow=steps,
+                       progress=False)
+        for i in range(len(store)):
+            ep = store[i]
+            fire = int(np.flatnonzero(ep.act == FIRE)[0])
+            window = slice(fire - context + 1, fire + steps + 1)
+            if window.stop <= len(ep.act):  # else the life ended during the clip (a whole clip is needed)
+                obs.append(ep.obs[window])
+                act.append(ep.act[window])
+    return _rollouts(np.stack(obs), np.stack(act), context)
+
+
+def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int) -> Rollouts:
+    """`clips` real contexts whose last frame shows one ball in flight, FIRE taken there and at each of the
+    next `steps` - 1 steps. The scripted player plays in between, 5-60 steps of flight from one to the next."""
+    from training.atari_env import make_atari_env
+
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
+    player = POLICIES[game](rng, skill=1.0)
+    out_obs, out_act = [], []
+    frame, _ = env.reset()
+    frames, acts = [frame.transpose(2, 0, 1)], []  # this life so far: acts[i] was taken at frames[i]
+    wait = int(rng.integers(5, 61))
+    while len(out_obs) < clips:
+        ram = ale.getRAM()
+        if player.in_play(ram) and wait <= 0 and len(acts) >= context and count_balls(frames[-1], game) == 1:
+            clip_obs, clip_act = frames[-context:], acts[-context + 1:]
+            for _ in range(steps):
+                frame, _, end, trunc, _ = env.step(FIRE)
+                clip_act.append(FIRE)
+                if end or trunc:
+                    break
+                clip_obs.append(frame.transpose(2, 0, 1))
+            if len(clip_obs) == context + steps:  # the last frame's action is never used: NOOP
+                out_obs.append(np.stack(clip_obs[:context + steps]))
+                out_act.append(np.array(clip_act[:context + steps - 1] + [NOOP]))
+            frames, acts, wait = [frame.transpose(2, 0, 1)], [], int(rng.integers(5, 61))
+        else:
+            act = player.act(ram)
+            frame, _, end, trunc, _ = env.step(act)
+            frames.append(frame.transpose(2, 0, 1))
+            acts.append(act)
+            wait -= int(player.in_play(ram))
+        if end or trunc:
+            frame, _ = env.reset()  # the next life (or a new game)
+            frames, acts = [frame.transpose(2, 0, 1)], []
+    env.close()
+    return _rollouts(np.stack(out_obs), np.stack(out_act), context)
+
+
+@torch.no_grad()
+def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig()) -> dict:
+    """The three shares (per dreamed step 1..cfg.steps) -> {"serve", "serve_real", "noop", "second_ball",
+    "second_ball_real": [share], "clips", "strip": uint8 (H, W, 3) image (not JSON)}."""
+    context = agent.denoiser.cfg.num_steps_conditioning
+    dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
+                               denoising_steps=cfg.denoising_steps or agent.denoising_steps)
+    serves = record_serves(game, cfg.clips, context, cfg.steps, cfg.seed)
+    noop_act = serves.act.clone()
+    noop_act[:, context - 1:][noop_act[:, context - 1:] == FIRE] = NOOP  # no FIRE at all: nothing may serve
+    noops = Rollouts(serves.obs, noop_act, serves.rew, serves.end, serves.valid, serves.pad)
+    flights = record_in_flight(game, cfg.clips, context, cfg.steps, cfg.seed)
+    dreams = {name: imagine(agent, real, dream_cfg) for name, real in
+              (("serve", serves), ("noop", noops), ("in_flight", flights))}
+    balls = {name: count_balls(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
+    share = lambda hit: [float(x) for x in hit.mean(0)]
+    strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)
+                            for name, real in (("serve", serves), ("in_flight", flights)) for i in range(3)])
+    return {"clips": cfg.clips, "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
+            "serve": share(balls["serve"] >= 1),
+            "serve_real": share(count_balls(serves.obs[:, context:], game) >= 1),
+            "noop": share(balls["noop"] >= 1),
+            "second_ball": share(balls["in_flight"] >= 2),
+            "second_ball_real": share(count_balls(flights.obs[:, context:], game) >= 2),
+            "strip": strip}
