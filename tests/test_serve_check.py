@@ -60,6 +60,7 @@ def test_a_model_that_always_draws_a_ball_serves_and_doubles_one_that_never_does
     assert never["serve"] == never["noop"] == never["second_ball"] == [0.0, 0.0]
     assert always["serve"] == always["noop"] == always["second_ball"] == [1.0, 1.0]
     assert never["serve_real"] == [1.0, 1.0] and never["second_ball_real"] == [0.0, 0.0]
+    assert never["serve_two"] == always["serve_two"] == [0.0, 0.0]  # one ball drawn where none was
     assert always["strip"].shape[0] == 6 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 3 serves, 3 in flight
 
 

@@ -137,8 +137,9 @@ def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int)
 
 @torch.no_grad()
 def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig()) -> dict:
-    """The three shares (per dreamed step 1..cfg.steps) -> {"serve", "serve_real", "noop", "second_ball",
-    "second_ball_real": [share], "clips", "strip": uint8 (H, W, 3) image (not JSON)}."""
+    """The shares of dreams (per dreamed step 1..cfg.steps) -> {"serve" (a ball after FIRE), "serve_two" (2+
+    balls after FIRE: a serve at several places), "serve_real", "noop", "second_ball", "second_ball_real":
+    [share], "clips", "strip": uint8 (H, W, 3) image (not JSON)}."""
     context = agent.denoiser.cfg.num_steps_conditioning
     dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
                                denoising_steps=cfg.denoising_steps or agent.denoising_steps)
@@ -155,6 +156,7 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
                             for name, real in (("serve", serves), ("in_flight", flights)) for i in range(3)])
     return {"clips": cfg.clips, "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
             "serve": share(balls["serve"] >= 1),
+            "serve_two": share(balls["serve"] >= 2),
             "serve_real": share(count_balls(serves.obs[:, context:], game) >= 1),
             "noop": share(balls["noop"] >= 1),
             "second_ball": share(balls["in_flight"] >= 2),

@@ -266,6 +266,7 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
     print(f"FIRE and the ball ({cfg.clips} real clips of each kind; the share of dreams, steps after the action):")
     print(_table(["", *(f"step {t}" for t in range(1, cfg.steps + 1))], [
         ["a ball after FIRE with none in play (a serve)", *pct(serves["serve"])],
+        ["  2+ balls (served at several places)", *pct(serves["serve_two"])],
         ["  the real game", *pct(serves["serve_real"])],
         ["a ball after NOOP instead (real: 0%)", *pct(serves["noop"])],
         ["2+ balls, FIRE with one in flight", *pct(serves["second_ball"])],
