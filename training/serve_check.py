@@ -154,7 +154,7 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     share = lambda hit: [float(x) for x in hit.mean(0)]
     strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)
                             for name, real in (("serve", serves), ("in_flight", flights)) for i in range(3)])
-    return {"clips": cfg.clips, "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
+    return {"clips": len(serves.act), "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
             "serve": share(balls["serve"] >= 1),
             "serve_two": share(balls["serve"] >= 2),
             "serve_real": share(count_balls(serves.obs[:, context:], game) >= 1),
