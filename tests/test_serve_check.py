@@ -62,6 +62,8 @@ def test_a_model_that_always_draws_a_ball_serves_and_doubles_one_that_never_does
     assert never["serve_real"] == [1.0, 1.0] and never["second_ball_real"] == [0.0, 0.0]
     assert never["serve_two"] == always["serve_two"] == [0.0, 0.0]  # one ball drawn where none was
     assert always["strip"].shape[0] == 6 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 3 serves, 3 in flight
+    few = measure_serves(_drawing(Agent(tiny(4)).eval(), ball=False), "Breakout", ServeCheckConfig(clips=1, steps=2))
+    assert few["clips"] == 1 and few["strip"].shape[0] == 2 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 1 of each
 
 
 def test_eval_fidelity_reports_the_serves(tmp_path, capsys):

@@ -119,8 +119,8 @@ def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int)
                     break
                 clip_obs.append(frame.transpose(2, 0, 1))
             if len(clip_obs) == context + steps:  # the last frame's action is never used: NOOP
-                out_obs.append(np.stack(clip_obs[:context + steps]))
-                out_act.append(np.array(clip_act[:context + steps - 1] + [NOOP]))
+                out_obs.append(np.stack(clip_obs))
+                out_act.append(np.array(clip_act + [NOOP]))
             frames, acts, wait = [frame.transpose(2, 0, 1)], [], int(rng.integers(5, 61))
         else:
             act = player.act(ram)
@@ -139,7 +139,7 @@ def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int)
 def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig()) -> dict:
     """The shares of dreams (per dreamed step 1..cfg.steps) -> {"serve" (a ball after FIRE), "serve_two" (2+
     balls after FIRE: a serve at several places), "serve_real", "noop", "second_ball", "second_ball_real":
-    [share], "clips", "strip": uint8 (H, W, 3) image (not JSON)}."""
+    [share], "clips", "strip": uint8 (H, W, 3) image of up to 3 clips of each kind (not JSON)}."""
     context = agent.denoiser.cfg.num_steps_conditioning
     dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
                                denoising_steps=cfg.denoising_steps or agent.denoising_steps)
@@ -152,8 +152,9 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
               (("serve", serves), ("noop", noops), ("in_flight", flights))}
     balls = {name: count_balls(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
     share = lambda hit: [float(x) for x in hit.mean(0)]
-    strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)
-                            for name, real in (("serve", serves), ("in_flight", flights)) for i in range(3)])
+    strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)  # up to 3 clips of each kind
+                            for name, real in (("serve", serves), ("in_flight", flights))
+                            for i in range(min(3, len(real.act)))])
     return {"clips": len(serves.act), "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
             "serve": share(balls["serve"] >= 1),
             "serve_two": share(balls["serve"] >= 2),

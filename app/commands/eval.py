@@ -274,5 +274,5 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
     ]))
     path = Path(args.out) / "serves.png"
     iio.imwrite(path, serves.pop("strip"))
-    print(f"wrote {path} (3 serves, then 3 FIREs with a ball in flight: real above, imagined below)")
+    print(f"wrote {path} (up to 3 serves, then 3 FIREs with a ball in flight: real above, imagined below)")
     return {**serves, "serves_strip": str(path)}
