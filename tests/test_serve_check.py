@@ -12,7 +12,8 @@ from model.agent import Agent
 from model.presets import tiny
 from training.fidelity import STRIP_HEADER_H
 from training.scripted import FIRE
-from training.serve_check import ServeCheckConfig, count_balls, measure_serves, record_in_flight, record_serves
+from training.serve_check import (ServeCheckConfig, ball_centres, count_balls, measure_serves, record_in_flight,
+                                  record_serves)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONTEXT = tiny(4).denoiser.num_steps_conditioning
@@ -28,6 +29,9 @@ def test_count_balls_counts_blobs_between_bricks_and_paddle():
     frames[4, 1, 45, 30] = 50  # too dark to be a ball
     assert count_balls(frames).tolist() == [0, 1, 2, 1, 0]
     assert count_balls(torch.from_numpy(frames).reshape(5, 1, 3, 64, 64)).shape == (5, 1)
+    centres = ball_centres(frames)
+    assert centres[0] == [] and centres[1] == [(40.5, 20.0)] and sorted(centres[2]) == [(40.5, 20.0), (50.0, 40.0)]
+    assert centres[3] == [(40.5, 20.5)]
 
 
 def test_real_clips_serve_at_the_first_step_and_fire_in_flight_does_nothing():
@@ -61,6 +65,8 @@ def test_a_model_that_always_draws_a_ball_serves_and_doubles_one_that_never_does
     assert always["serve"] == always["noop"] == always["second_ball"] == [1.0, 1.0]
     assert never["serve_real"] == [1.0, 1.0] and never["second_ball_real"] == [0.0, 0.0]
     assert never["serve_two"] == always["serve_two"] == [0.0, 0.0]  # one ball drawn where none was
+    # repeating the last frame keeps the ball where it was: drawn, but one step on it has flown away from it
+    assert never["in_flight_drawn"] == [1.0, 1.0] and never["in_flight_near"][1] < 1.0
     assert always["strip"].shape[0] == 6 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 3 serves, 3 in flight
     few = measure_serves(_drawing(Agent(tiny(4)).eval(), ball=False), "Breakout", ServeCheckConfig(clips=1, steps=2))
     assert few["clips"] == 1 and few["strip"].shape[0] == 2 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 1 of each

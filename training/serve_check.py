@@ -9,7 +9,8 @@ check asks each question on its own, from real contexts and with the real action
   dreams that show a ball 1, 2, ... steps after FIRE (the real game: all of them from step 1);
 - the same 4 frames with NOOP instead of FIRE (and nothing else changed): the share with a ball (real: none);
 - in flight: 4 real frames with one ball flying, then FIRE at every step: the share of dreams that show two
-  balls or more (real: none).
+  balls or more (real: none), and, where the real ball is still in the region, the share that draw a ball and
+  one within `NEAR` pixels of it (does the dream's ball fly where the real one does).
 A ball is a blob of bright pixels between the bricks and the paddle (`count_balls`), where the board is black.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from training.scripted import FIRE, NOOP, POLICIES, collect_serves
 # rows and columns of a 64x64 frame between the lowest bricks and the paddle, inside the walls, per game
 BALL_REGION = {"Breakout": (slice(30, 55), slice(4, 60))}
 BRIGHT = 60  # a ball pixel: some channel above this (the board there is black; a ball is drawn at ~200)
+NEAR = 3  # a dreamed ball "follows" the real one when their centres are at most this many pixels apart (each axis)
 
 
 @dataclass(frozen=True)
@@ -45,27 +47,52 @@ def has_serve_check(game: str) -> bool:
 def count_balls(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
     """Balls in each frame (..., 3, 64, 64) uint8: blobs of bright pixels (8-connected) in the game's
     `BALL_REGION` -> int array of the leading shape."""
+    return np.vectorize(len, otypes=[int])(ball_centres(frames, game))
+
+
+def ball_centres(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
+    """The balls of each frame (..., 3, 64, 64) uint8 -> object array of the leading shape, each a list of
+    (row, column) centres in frame coordinates (blobs as `count_balls`)."""
     rows, cols = BALL_REGION[game]
     frames = np.asarray(frames)
     bright = frames[..., rows, cols].max(-3) > BRIGHT  # (..., h, w)
     flat = bright.reshape(-1, *bright.shape[-2:])
-    return np.array([_blobs(b) for b in flat], dtype=int).reshape(bright.shape[:-2])
+    out = np.empty(len(flat), dtype=object)
+    for i, mask in enumerate(flat):
+        out[i] = [(y + rows.start, x + cols.start) for y, x in _blobs(mask)]
+    return out.reshape(bright.shape[:-2])
 
 
-def _blobs(mask: np.ndarray) -> int:
-    """8-connected components of a small boolean image (a flood fill from each unvisited pixel)."""
+def _blobs(mask: np.ndarray) -> list[tuple[float, float]]:
+    """The centres of the 8-connected components of a small boolean image (a flood fill from each unvisited
+    pixel)."""
     left = {(int(y), int(x)) for y, x in zip(*np.nonzero(mask))}
-    count = 0
+    centres = []
     while left:
-        count += 1
         todo = [left.pop()]
+        blob = []
         while todo:
             y, x = todo.pop()
+            blob.append((y, x))
             for n in ((y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
                 if n in left:
                     left.remove(n)
                     todo.append(n)
-    return count
+        centres.append(tuple(float(v) for v in np.mean(blob, axis=0)))
+    return centres
+
+
+def _follows(real: np.ndarray, dreamed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ball centres (N, T) of real frames and their dreams -> (where the real frame has exactly one ball,
+    where the dream draws a ball, where one of the dream's balls is within `NEAR` pixels of the real one)."""
+    one = np.vectorize(lambda c: len(c) == 1, otypes=[bool])(real)
+    drawn = np.vectorize(lambda c: len(c) >= 1, otypes=[bool])(dreamed)
+    near = np.zeros(real.shape, dtype=bool)
+    for i in np.ndindex(real.shape):
+        if one[i]:
+            (ry, rx), = real[i]
+            near[i] = any(abs(y - ry) <= NEAR and abs(x - rx) <= NEAR for y, x in dreamed[i])
+    return one, drawn, near
 
 
 def _rollouts(obs: np.ndarray, act: np.ndarray, context: int) -> Rollouts:
@@ -138,8 +165,10 @@ def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int)
 @torch.no_grad()
 def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig()) -> dict:
     """The shares of dreams (per dreamed step 1..cfg.steps) -> {"serve" (a ball after FIRE), "serve_two" (2+
-    balls after FIRE: a serve at several places), "serve_real", "noop", "second_ball", "second_ball_real":
-    [share], "clips", "strip": uint8 (H, W, 3) image of up to 3 clips of each kind (not JSON)}."""
+    balls after FIRE: a serve at several places), "serve_real", "noop", "second_ball", "second_ball_real",
+    "in_flight_drawn" and "in_flight_near" (of the in-flight dreams whose real frame shows one ball: a ball drawn,
+    one within `NEAR` pixels of it): [share], "clips", "strip": uint8 (H, W, 3) image of up to 3 clips of each
+    kind (not JSON)}."""
     context = agent.denoiser.cfg.num_steps_conditioning
     dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
                                denoising_steps=cfg.denoising_steps or agent.denoising_steps)
@@ -152,6 +181,9 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
               (("serve", serves), ("noop", noops), ("in_flight", flights))}
     balls = {name: count_balls(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
     share = lambda hit: [float(x) for x in hit.mean(0)]
+    one, drawn, near = _follows(ball_centres(flights.obs[:, context:], game),
+                                ball_centres(dreams["in_flight"].obs[:, context:], game))
+    among = lambda hit: [float((h & o).sum() / max(o.sum(), 1)) for h, o in zip(hit.T, one.T)]  # per step
     strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)  # up to 3 clips of each kind
                             for name, real in (("serve", serves), ("in_flight", flights))
                             for i in range(min(3, len(real.act)))])
@@ -162,4 +194,5 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
             "noop": share(balls["noop"] >= 1),
             "second_ball": share(balls["in_flight"] >= 2),
             "second_ball_real": share(count_balls(flights.obs[:, context:], game) >= 2),
+            "in_flight_drawn": among(drawn), "in_flight_near": among(near),
             "strip": strip}

@@ -256,7 +256,7 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
     """The serve check (training.serve_check) -> its JSON-safe results; prints a table, writes serves.png."""
     import imageio.v3 as iio
 
-    from training.serve_check import ServeCheckConfig, measure_serves
+    from training.serve_check import NEAR, ServeCheckConfig, measure_serves
 
     cfg = ServeCheckConfig(clips=args.serve_clips, seed=args.seed, precision=args.precision,
                            denoising_steps=args.denoising_steps)
@@ -271,6 +271,8 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
         ["a ball after NOOP instead (real: 0%)", *pct(serves["noop"])],
         ["2+ balls, FIRE with one in flight", *pct(serves["second_ball"])],
         ["  the real game", *pct(serves["second_ball_real"])],
+        ["the ball in flight drawn (FIRE pressed)", *pct(serves["in_flight_drawn"])],
+        [f"  within {NEAR} pixels of the real one", *pct(serves["in_flight_near"])],
     ]))
     path = Path(args.out) / "serves.png"
     iio.imwrite(path, serves.pop("strip"))
