@@ -47,7 +47,12 @@ def has_serve_check(game: str) -> bool:
 def count_balls(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
     """Balls in each frame (..., 3, 64, 64) uint8: blobs of bright pixels (8-connected) in the game's
     `BALL_REGION` -> int array of the leading shape."""
-    return np.vectorize(len, otypes=[int])(ball_centres(frames, game))
+    return _counts(ball_centres(frames, game))
+
+
+def _counts(centres: np.ndarray) -> np.ndarray:
+    """Object array of ball-centre lists (`ball_centres`) -> int array of their lengths."""
+    return np.vectorize(len, otypes=[int])(centres)
 
 
 def ball_centres(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
@@ -82,17 +87,14 @@ def _blobs(mask: np.ndarray) -> list[tuple[float, float]]:
     return centres
 
 
-def _follows(real: np.ndarray, dreamed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ball centres (N, T) of real frames and their dreams -> (where the real frame has exactly one ball,
-    where the dream draws a ball, where one of the dream's balls is within `NEAR` pixels of the real one)."""
-    one = np.vectorize(lambda c: len(c) == 1, otypes=[bool])(real)
-    drawn = np.vectorize(lambda c: len(c) >= 1, otypes=[bool])(dreamed)
+def _near(real: np.ndarray, dreamed: np.ndarray, one: np.ndarray) -> np.ndarray:
+    """Ball centres (N, T) of real frames and their dreams, and where the real frame has exactly one ball ->
+    bool (N, T): where one of the dream's balls is within `NEAR` pixels of that real one."""
     near = np.zeros(real.shape, dtype=bool)
-    for i in np.ndindex(real.shape):
-        if one[i]:
-            (ry, rx), = real[i]
-            near[i] = any(abs(y - ry) <= NEAR and abs(x - rx) <= NEAR for y, x in dreamed[i])
-    return one, drawn, near
+    for i in zip(*np.nonzero(one)):
+        (ry, rx), = real[i]
+        near[i] = any(abs(y - ry) <= NEAR and abs(x - rx) <= NEAR for y, x in dreamed[i])
+    return near
 
 
 def _rollouts(obs: np.ndarray, act: np.ndarray, context: int) -> Rollouts:
@@ -179,11 +181,14 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     flights = record_in_flight(game, cfg.clips, context, cfg.steps, cfg.seed)
     dreams = {name: imagine(agent, real, dream_cfg) for name, real in
               (("serve", serves), ("noop", noops), ("in_flight", flights))}
-    balls = {name: count_balls(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
+    centres = {name: ball_centres(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
+    balls = {name: _counts(c) for name, c in centres.items()}
+    flight_centres = ball_centres(flights.obs[:, context:], game)
+    flight_balls = _counts(flight_centres)
+    one = flight_balls == 1  # the in-flight shares below count only these (the real ball still in the region)
+    near = _near(flight_centres, centres["in_flight"], one)
     share = lambda hit: [float(x) for x in hit.mean(0)]
-    one, drawn, near = _follows(ball_centres(flights.obs[:, context:], game),
-                                ball_centres(dreams["in_flight"].obs[:, context:], game))
-    among = lambda hit: [float((h & o).sum() / max(o.sum(), 1)) for h, o in zip(hit.T, one.T)]  # per step
+    among = lambda hit: [float(x) for x in (hit & one).sum(0) / np.maximum(one.sum(0), 1)]
     strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)  # up to 3 clips of each kind
                             for name, real in (("serve", serves), ("in_flight", flights))
                             for i in range(min(3, len(real.act)))])
@@ -193,6 +198,6 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
             "serve_real": share(count_balls(serves.obs[:, context:], game) >= 1),
             "noop": share(balls["noop"] >= 1),
             "second_ball": share(balls["in_flight"] >= 2),
-            "second_ball_real": share(count_balls(flights.obs[:, context:], game) >= 2),
-            "in_flight_drawn": among(drawn), "in_flight_near": among(near),
+            "second_ball_real": share(flight_balls >= 2),
+            "in_flight_drawn": among(balls["in_flight"] >= 1), "in_flight_near": among(near),
             "strip": strip}
