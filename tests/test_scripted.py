@@ -86,3 +86,46 @@ def test_serve_clips_wait_then_serve_with_a_real_context(tmp_path, capsys):
     assert all(len(store[i]) == int(np.flatnonzero(store[i].act == 1)[0]) + 3 for i in range(3))
     assert main(["collect", "--game", "Breakout", "--serves", "0", "--out", str(out)]) == 2
     assert "--serves must be at least 1" in capsys.readouterr().err
+
+
+def test_hold_one_with_no_skill_is_uniform_random_play(tmp_path, capsys):
+    """--skill 0 0 --hold 1 1 draws a new action every step (as eval --fidelity's random policy); the default
+    distracted player holds its moves 2-6 steps."""
+    repeats = {}
+    for name, hold in (("uniform", ["--hold", "1", "1"]), ("held", [])):
+        out = tmp_path / name
+        assert main(["collect", "--steps", "600", "--out", str(out), "--skill", "0", "0", *hold]) == 0
+        store = EpisodeStore(out, static=True)
+        act = [store[i].act for i in range(len(store))]
+        same = sum(int((a[1:] == a[:-1]).sum()) for a in act) / sum(len(a) - 1 for a in act)
+        repeats[name] = same
+        assert set(np.unique(np.concatenate(act))) == {0, 1, 2, 3}
+    assert 0.15 < repeats["uniform"] < 0.35 < 0.6 < repeats["held"]
+    assert main(["collect", "--steps", "10", "--out", str(tmp_path / "x"), "--hold", "3", "2"]) == 2
+    assert "--hold needs 1 <= MIN <= MAX" in capsys.readouterr().err
+
+
+def test_the_paddle_leaves_the_right_wall_on_the_third_left_press():
+    """What no frame shows, and why uniform random play is worth its data: pushed into the right wall, the real
+    paddle stays for two LEFT presses, NOOPs between them or not, and moves on the third."""
+    from training.atari_env import make_atari_env
+    from training.scripted import LEFT, NOOP, RIGHT
+
+    def at_wall(frame) -> bool:  # the paddle's row: any red paddle pixel left of the right wall's corner?
+        row = np.asarray(frame)[58, 3:58]
+        return not ((row[:, 0] > 100) & (row[:, 1] < 100)).any()
+
+    env = make_atari_env("Breakout", train=True, seed=0)
+    for moves in ([LEFT] * 3, [LEFT, NOOP, LEFT, NOOP, LEFT], [LEFT, NOOP, NOOP, LEFT, NOOP, NOOP, LEFT]):
+        env.reset(seed=0)
+        for _ in range(15):
+            frame, *_ = env.step(RIGHT)
+        assert at_wall(frame)
+        pressed = 0
+        for a in moves[:-1]:
+            frame, *_ = env.step(a)
+            pressed += a == LEFT
+            assert at_wall(frame), (moves, pressed)
+        frame, *_ = env.step(moves[-1])
+        assert not at_wall(frame), moves
+    env.close()

@@ -33,10 +33,12 @@ NOOP, FIRE, RIGHT, LEFT = range(4)  # Breakout's minimal action set
 
 class BreakoutFollower:
     """Follows the ball with the paddle; `skill` in [0, 1] is the chance of acting on the ball each step
-    (otherwise a random action, held for a few steps as a distracted player does)."""
+    (otherwise a random action, held for U{hold} steps as a distracted player does; skill 0 and hold (1, 1) is
+    uniform random play, a new action every step)."""
 
-    def __init__(self, rng: np.random.Generator, skill: float = 0.9, aim_range: int = 7):
-        self.rng, self.skill = rng, skill
+    def __init__(self, rng: np.random.Generator, skill: float = 0.9, aim_range: int = 7,
+                 hold: tuple[int, int] = (2, 6)):
+        self.rng, self.skill, self.hold = rng, skill, hold
         self.aim, self.aim_range = 0, aim_range  # each serve aims off-centre by up to aim_range
         self.last: tuple[int, int] | None = None  # the ball's (x, y) one step ago
         self.random_left, self.random_act = 0, NOOP
@@ -51,7 +53,8 @@ class BreakoutFollower:
             self.random_left -= 1
             return self.random_act
         if self.rng.random() > self.skill:
-            self.random_left, self.random_act = int(self.rng.integers(1, 6)), int(self.rng.integers(4))
+            self.random_left = int(self.rng.integers(self.hold[0], self.hold[1] + 1)) - 1  # steps after this one
+            self.random_act = int(self.rng.integers(4))
             return self.random_act
         if not self.in_play(ram):  # no ball in play: serve, and pick where to hit the next one
             self.last = None
@@ -90,16 +93,23 @@ def check_game(game: str) -> None:
 
 def collect_scripted(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
                      skill: tuple[float, float] = (0.93, 0.995), fire_in_flight: float = 0.0,
-                     progress: bool = True) -> dict:
+                     hold: tuple[int, int] = (2, 6), progress: bool = True) -> dict:
     """Plays `num_steps` real steps of `game` with its scripted player into `store` -> stats.
 
     Each episode (one life, as in the training env) draws its skill uniformly from `skill`. With the ball in play,
     FIRE replaces the player's action with chance `fire_in_flight`: it does nothing then in the real game, and a
-    world model shown the serves alone (`collect_serves`) learns that FIRE always brings a ball, a second one too."""
+    world model shown the serves alone (`collect_serves`) learns that FIRE always brings a ball, a second one too.
+    A distracted player holds its random action for U{hold} steps; `skill` (0, 0) with `hold` (1, 1) plays
+    uniformly at random, as `eval --fidelity --policy random` does: a new action every step, which presses against
+    a wall and off it again as held moves rarely do (Breakout's paddle, pushed into a wall, needs three LEFT presses
+    to leave the right one, NOOPs between them or not, and RIGHT winds it back: state no frame shows)."""
     if not 0 <= fire_in_flight <= 1:
         raise ValueError(f"fire_in_flight must be in [0, 1], got {fire_in_flight}")
+    if not 1 <= hold[0] <= hold[1]:
+        raise ValueError(f"hold must be 1 <= MIN <= MAX, got {hold}")
     returns, lengths, _, fired = _play(game, store, num_steps, seed, skill, train=True, teacher_labels=False,
-                                       desc=f"scripted {game}", progress=progress, fire_in_flight=fire_in_flight)
+                                       desc=f"scripted {game}", progress=progress, fire_in_flight=fire_in_flight,
+                                       hold=hold)
     return {"steps": int(np.sum(lengths)), "episodes": len(returns), "return_mean": float(np.mean(returns)),
             "return_max": float(np.max(returns)), "length_mean": float(np.mean(lengths)), "fired_in_flight": fired}
 
@@ -185,11 +195,11 @@ def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed:
 
 
 def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tuple[float, float], train: bool,
-          teacher_labels: bool, desc: str, progress: bool, fire_in_flight: float = 0.0
-          ) -> tuple[list[float], list[int], int, int]:
+          teacher_labels: bool, desc: str, progress: bool, fire_in_flight: float = 0.0,
+          hold: tuple[int, int] = (2, 6)) -> tuple[list[float], list[int], int, int]:
     """The scripted player plays episodes into `store` until `num_steps` steps, each episode with a skill drawn
-    from `skill`; their `act` is what it took, or with `teacher_labels` what the `teacher` would take; with the
-    ball in play FIRE replaces the player's action with chance `fire_in_flight`.
+    from `skill` (distractions held U{hold} steps); their `act` is what it took, or with `teacher_labels` what the
+    `teacher` would take; with the ball in play FIRE replaces the player's action with chance `fire_in_flight`.
     -> (returns, lengths, steps where the two agree, FIREs pressed so)."""
     check_game(game)
     rng = np.random.default_rng(seed)
@@ -199,7 +209,7 @@ def _play(game: str, store: EpisodeStore, num_steps: int, seed: int, skill: tupl
     obs, _ = env.reset()
     with tqdm(total=num_steps, desc=desc, unit="step", disable=not progress) as bar:
         while sum(lengths) < num_steps:
-            player = POLICIES[game](rng, skill=float(rng.uniform(*skill)))
+            player = POLICIES[game](rng, skill=float(rng.uniform(*skill)), hold=hold)
             clean = teacher(game) if teacher_labels else None
             frames, acts, rews, ends, truncs = [], [], [], [], []
             while True:

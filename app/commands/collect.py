@@ -11,7 +11,8 @@ with a scripted player that reads the game's RAM, and write the episodes to an e
 `dreamarcade train --dataset DIR` trains a world model on. The scripted player is a data source for the world
 model only (it shows the model rallies, bricks broken high and low, serves and lost lives that random play
 never reaches); the agent never sees it. Each episode draws a skill: the chance per step of acting on the ball
-rather than being distracted for a few steps.
+rather than being distracted for a few steps (--hold). --skill 0 0 --hold 1 1 is uniform random play, as
+`eval --fidelity --policy random` plays: a new action every step.
 
 With --serves N it records N short clips instead, each from the first frame of a life: a random wait of 0-10
 steps, the serve, --serve-steps (12) steps following the ball; the rest of the life is played unrecorded. Real
@@ -27,6 +28,7 @@ examples:
   dreamarcade collect --game Breakout --steps 50000 --out data/breakout
   dreamarcade collect --game Breakout --serves 1200 --out data/breakout/serves --seed 101
   dreamarcade collect --game Breakout --steps 80000 --fire-in-flight 0.5 --out data/breakout/fire --seed 51
+  dreamarcade collect --game Breakout --steps 30000 --skill 0 0 --hold 1 1 --out data/breakout/uniform --seed 61
   dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
 """
 
@@ -44,6 +46,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
     p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
                    help="range of the per-episode skill in [0, 1] (default 0.93 0.995)")
+    p.add_argument("--hold", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
+                   help="a distracted player holds its random action U{MIN..MAX} steps in all (default 2 6); with --skill 0 0, "
+                        "--hold 1 1 is uniform random play, a new action every step, as eval --fidelity's random policy")
     p.add_argument("--fire-in-flight", type=float, default=0.0, metavar="Q",
                    help="with the ball in flight, press FIRE instead of the player's move with chance Q (default 0): "
                         "it does nothing in the real game, which a model trained on --serves clips must also see")
@@ -61,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     require_at_least(args, 0, "serve_steps")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
         raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
+    if not 1 <= args.hold[0] <= args.hold[1]:
+        raise UserError(f"--hold needs 1 <= MIN <= MAX, got {args.hold[0]} {args.hold[1]}")
     if not 0 <= args.fire_in_flight <= 1:
         raise UserError(f"--fire-in-flight needs 0 <= Q <= 1, got {args.fire_in_flight}")
     if args.serves is not None and args.fire_in_flight:
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.out} now holds {before + stats['steps']} steps")
         return 0
     stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill),
-                             fire_in_flight=args.fire_in_flight)
+                             fire_in_flight=args.fire_in_flight, hold=tuple(args.hold))
     fired = f", FIRE in flight {stats['fired_in_flight']} times" if args.fire_in_flight else ""
     print(f"{game}: {stats['steps']} steps in {stats['episodes']} episodes (one life each), return per episode "
           f"{stats['return_mean']:.1f} mean, {stats['return_max']:.0f} max{fired}; {args.out} now holds "
