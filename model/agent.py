@@ -92,5 +92,12 @@ class Agent(nn.Module):
         return int(self.weights_info.get("denoising_steps") or SamplerConfig().num_steps_denoising)
 
     @property
+    def still_levels(self) -> float:
+        """How far (of 255 levels) a dreamed pixel may move from the last frame and still be kept as it was
+        (`model.sampler.keep_still`): the weights' own "still_levels" (metadata written where it was measured),
+        else 0, off, as the reference."""
+        return float(self.weights_info.get("still_levels") or 0.0)
+
+    @property
     def device(self) -> torch.device:
         return self.denoiser.device

@@ -14,19 +14,19 @@ import torch
 from torch import Tensor
 
 from model.fast import FastAgent
-from model.sampler import sample_next_obs
+from model.sampler import keep_still, sample_next_obs
 
 
 @torch.no_grad()
 def fast_step(fast: FastAgent, sigmas: Tensor, obs: Tensor, act: Tensor, noise: Tensor,
-              state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+              state: tuple[Tensor, Tensor], still_levels: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One world-model step of B games on the fast path, what `GraphedStep` captures: the next frame
-    (`sample_next_obs`, Euler, from noise) and the reward/end logits and LSTM state after it.
+    (`sample_next_obs`, Euler, from noise, then `keep_still`) and the reward/end logits and LSTM state after it.
 
     sigmas: the schedule, on the CPU (`karras_sigmas`); obs (B, n, 3, H, W), act (B, n), noise (B, 3, H, W),
     state ((1, B, D), (1, B, D)) -> next_obs (B, 3, H, W), rew_logits (B, 3), end_logits (B, 2), h, c."""
     ctx = fast.denoiser.context(obs, act, sigmas)
-    next_obs = sample_next_obs(ctx, obs, act, sigmas, noise=noise).float()
+    next_obs = keep_still(sample_next_obs(ctx, obs, act, sigmas, noise=noise).float(), obs[:, -1], still_levels)
     rew_logits, end_logits, (h, c) = fast.rew_end(obs[:, -1:], act[:, -1:], next_obs.unsqueeze(1), state)
     return next_obs, rew_logits[:, 0].float(), end_logits[:, 0].float(), h.float(), c.float()
 
@@ -39,9 +39,10 @@ class GraphedStep:
     """
 
     def __init__(self, fast: FastAgent, sigmas: Tensor, obs: Tensor, act: Tensor, noise: Tensor,
-                 state: tuple[Tensor, Tensor]) -> None:
+                 state: tuple[Tensor, Tensor], still_levels: float = 0.0) -> None:
         self.fast = fast
         self.sigmas = sigmas.detach().cpu()
+        self.still_levels = still_levels
         self.inputs = [t.clone() for t in (obs, act, noise, *state)]
         self.key = self._weights_key()
         side = torch.cuda.Stream(obs.device)
@@ -56,7 +57,7 @@ class GraphedStep:
 
     def _run(self):
         obs, act, noise, h, c = self.inputs
-        return fast_step(self.fast, self.sigmas, obs, act, noise, (h, c))
+        return fast_step(self.fast, self.sigmas, obs, act, noise, (h, c), self.still_levels)
 
     def _weights_key(self) -> tuple:
         return self.fast.denoiser.sync(), self.fast.rew_end.sync()

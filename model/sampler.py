@@ -19,6 +19,24 @@ class SamplerConfig:
     s_tmin: float = 0.0
     s_tmax: float = math.inf
     s_noise: float = 1.0
+    # A pixel whose three channels all moved by at most this many levels (of 255) from the last frame keeps the last
+    # frame's value (`keep_still`); 0: off, as the reference. None: the weights' own (`model.Agent.still_levels`).
+    still_levels: float | None = None
+
+
+def keep_still(next_obs: Tensor, last: Tensor, levels: float) -> Tensor:
+    """next_obs (B, 3, H, W) in [-1, 1] with the pixels that moved by at most `levels` (of 255, every channel) from
+    `last` set back to last's value; levels 0 returns next_obs as it is.
+
+    Why: an Atari frame is exact, pixel for pixel, wherever nothing moved (in real Breakout play a pixel that
+    changes between steps changes by 4 levels or less in 1.8% of the changes, 0.01% of all pixels), while a
+    sampled frame carries a faint noise everywhere (2 Euler steps: a real still pixel comes out 1 level off in 26%
+    and 2 or more in 11% of the cases). Kept still, what stands still in the dream is the context's own pixels,
+    step after step."""
+    if levels <= 0:
+        return next_obs
+    moved = (next_obs - last).abs().amax(dim=1, keepdim=True) > levels * 2 / 255  # [-1, 1] spans 255 levels
+    return torch.where(moved, next_obs, last)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device | str | None = None) -> Tensor:

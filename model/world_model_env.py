@@ -16,7 +16,7 @@ from model.categorical import sample_probs
 from model.cuda_graphs import GraphedStep
 from model.fast import FastAgent
 from model.precision import resolve
-from model.sampler import SamplerConfig, karras_sigmas, sample_next_obs
+from model.sampler import SamplerConfig, karras_sigmas, keep_still, sample_next_obs
 
 
 class WorldModelEnv:
@@ -25,7 +25,8 @@ class WorldModelEnv:
     `reset(obs_ctx, act_ctx)` then `step(act)` repeatedly. Reward and end are *sampled* from the reward/end
     model, as the reference, whose LSTM state is carried from step to step (burned in over the context at reset).
 
-    agent: a `model.Agent` (its `denoiser` and `rew_end` are used). sampler: the diffusion sampler's settings.
+    agent: a `model.Agent` (its `denoiser` and `rew_end` are used). sampler: the diffusion sampler's settings
+    (`still_levels` None: the agent's own, `model.Agent.still_levels`).
     generator: a torch.Generator on the agent's device for all randomness (start noise, churn, rew/end sampling).
     precision: a policy of `model.precision` ("float32", "bfloat16", "auto", "auto-gpu", "auto-cpu"), resolved on
     the agent's device: "float32" runs the modules as they are (the reference's numbers), "bfloat16" the fast path
@@ -62,6 +63,8 @@ class WorldModelEnv:
 
     @sampler.setter
     def sampler(self, cfg: SamplerConfig) -> None:
+        if cfg.still_levels is None:
+            cfg = replace(cfg, still_levels=float(getattr(self.agent, "still_levels", 0.0)))
         # on the CPU, as the sampler keeps them (see `sample_next_obs`)
         self._sigmas = karras_sigmas(cfg.num_steps_denoising, cfg.sigma_min, cfg.sigma_max, cfg.rho)
         self._sampler = cfg
@@ -188,11 +191,12 @@ class WorldModelEnv:
         denoiser = self.agent.denoiser
         if self._fast is not None:  # the frame's conditioning computed once for all its denoising steps
             denoiser = self._fast.denoiser.context(self.obs_buffer, self.act_buffer, self._sigmas)
-        return sample_next_obs(
+        next_obs = sample_next_obs(
             denoiser, self.obs_buffer, self.act_buffer, self._sigmas, noise=noise,
             generator=self.generator, order=s.order, s_churn=s.s_churn, s_tmin=s.s_tmin, s_tmax=s.s_tmax,
             s_noise=s.s_noise,
         ).float()
+        return keep_still(next_obs, self.obs_buffer[:, -1], s.still_levels)
 
     def _graphable(self) -> bool:
         s = self._sampler
@@ -207,7 +211,7 @@ class WorldModelEnv:
         trusted = self._weights_checked and self._graph is not None and self._graph.inputs[0].shape[0] == b
         if not trusted and (self._graph is None or not self._graph.valid_for(b)):
             self._graph = GraphedStep(self._fast, self._sigmas, self.obs_buffer, self.act_buffer, noise,
-                                      self.rew_end_state)
+                                      self.rew_end_state, self._sampler.still_levels)
         self._weights_checked = self._weights_fixed
         return self._graph(self.obs_buffer, self.act_buffer, noise, self.rew_end_state)
 

@@ -120,8 +120,16 @@ def test_measure_and_cli(agent, tmp_path, capsys):
     asked = measure_fidelity(agent, "Breakout", FidelityConfig(horizon=3, contexts=2, policy="random",
                                                                denoising_steps=1))
     assert saved["denoising_steps"] == 1 and saved["psnr"] == asked["psnr"]
-    assert {"reward_accuracy", "end_accuracy", "mean_ssim"} <= set(saved)
+    assert {"reward_accuracy", "end_accuracy", "mean_ssim"} <= set(saved) and saved["still_levels"] == 0
     assert "PSNR" in capsys.readouterr().out
+
+    # --still-levels overrides the weights' own (none here: 0); the report names what it dreamed with
+    assert main([*argv[:-1], str(tmp_path / "still"), "--still-levels", "255"]) == 0
+    still = json.loads((tmp_path / "still" / "fidelity.json").read_text())
+    assert still["still_levels"] == 255 and still["psnr"] != saved["psnr"]
+    # every pixel within 255 levels: the dream is the last context frame over and over, as "copy the last frame"
+    assert still["psnr"] == pytest.approx(still["copy_last_psnr"], abs=1e-4)
+    assert main([*argv, "--still-levels", "-1"]) == 2 and "--still-levels must be at least 0" in capsys.readouterr().err
 
 
 def test_wrong_agent_for_game():

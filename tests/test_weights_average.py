@@ -46,3 +46,15 @@ def test_snapshots_of_different_models_are_refused(tmp_path, capsys):
     a, b = saved(tmp_path / "a.safetensors", 0), saved(tmp_path / "b.safetensors", 1, num_actions=6)
     assert main([str(tmp_path / "out.safetensors"), str(a), str(b)]) == 2
     assert "another model" in capsys.readouterr().err and not (tmp_path / "out.safetensors").exists()
+
+
+def test_average_names_its_still_levels(tmp_path, capsys):
+    from weights import load_agent
+
+    files = [saved(tmp_path / f"e{i}.safetensors", seed=i, epoch=i) for i in (1, 2)]
+    out = tmp_path / "mean.safetensors"
+    assert main([str(out), *map(str, files), "--still-levels", "4"]) == 0
+    assert read_weights_info(out)["info"]["still_levels"] == 4 and load_agent(str(out)).still_levels == 4
+    assert load_agent(str(files[0])).still_levels == 0  # none named: off, as the reference
+    assert main([str(tmp_path / "bad.safetensors"), *map(str, files), "--still-levels", "-1"]) == 2
+    assert "at least 0" in capsys.readouterr().err and not (tmp_path / "bad.safetensors").exists()

@@ -139,3 +139,47 @@ def test_bfloat16_precision_stays_close_to_float32(agent):
         frames[precision] = env.step(torch.tensor([1]), noise=noise)[0]
     assert frames["bfloat16"].dtype == torch.float32
     assert (frames["bfloat16"] - frames["float32"]).abs().mean() < 0.05
+
+
+def test_keep_still_keeps_the_pixels_that_barely_moved():
+    from model.sampler import keep_still
+
+    last = torch.rand(2, 3, 8, 8) * 2 - 1
+    level = 2 / 255  # one level of 255 in [-1, 1]
+    x = last.clone()
+    x[0, :, 0, 0] += 3 * level  # every channel 3 levels off: kept as it was at L = 4
+    x[0, 1, 1, 1] -= 5 * level  # one channel 5 levels off: the dreamed pixel stays, all 3 channels
+    x[1, :, 2, 3] += 0.5  # a real change
+    out = keep_still(x, last, 4)
+    assert torch.equal(out[0, :, 0, 0], last[0, :, 0, 0])
+    assert torch.equal(out[0, :, 1, 1], x[0, :, 1, 1]) and torch.equal(out[1, :, 2, 3], x[1, :, 2, 3])
+    assert torch.equal(keep_still(x, last, 2), x) and torch.equal(keep_still(x, last, 0), x)
+
+
+def test_still_levels_come_from_the_weights_unless_told(agent):
+    """Weights that say "still_levels" dream with it (the pixels that barely moved keep the last frame's values);
+    without it, or told 0, the frame is the sampler's as it is (the reference)."""
+    obs_ctx, act_ctx = contexts(2)
+    noise = torch.randn(2, 3, 64, 64)
+
+    def step(sampler=SamplerConfig()):
+        env = WorldModelEnv(agent, sampler, generator=torch.Generator().manual_seed(0))
+        env.reset(obs_ctx, act_ctx)
+        return env, env.step(torch.tensor([1, 2]), noise=noise)[0]
+
+    env, plain = step()
+    assert env.sampler.still_levels == 0.0
+    moved = (plain - obs_ctx[:, -1]).abs().amax(1)  # (B, H, W): how far each dreamed pixel moved, in [-1, 1]
+    levels = float(moved.median()) * 255 / 2  # half the pixels barely moved, half did
+    agent.weights_info["still_levels"] = levels
+    try:
+        env, kept = step()
+        assert env.sampler.still_levels == levels
+        _, told_off = step(SamplerConfig(still_levels=0))
+    finally:
+        del agent.weights_info["still_levels"]
+    still = moved <= levels * 2 / 255
+    assert 0.3 < still.float().mean() < 0.7
+    assert torch.equal(kept.permute(1, 0, 2, 3)[:, still], obs_ctx[:, -1].permute(1, 0, 2, 3)[:, still])
+    assert torch.equal(kept.permute(1, 0, 2, 3)[:, ~still], plain.permute(1, 0, 2, 3)[:, ~still])
+    assert torch.equal(told_off, plain)

@@ -30,6 +30,7 @@ class FidelityConfig:
     contexts: int = 8  # real trajectories (= imagined envs, run as one batch)
     seed: int = 0
     denoising_steps: int | None = None  # None: the weights' own (`Agent.denoising_steps`: theirs, else the reference's 3)
+    still_levels: float | None = None  # None: the weights' own (`Agent.still_levels`: theirs, else 0, off)
     precision: str = EVALUATION  # a policy of model.precision ("bfloat16": the fast path, to measure what it costs)
     policy: str = "agent"  # who picks the actions on the real frames: "agent" (sampled) or "random"
     max_warmup: int = 60  # steps played before the context, drawn in [0, max_warmup], for varied starts
@@ -176,7 +177,8 @@ def imagine(agent, real: Rollouts, cfg: FidelityConfig) -> Rollouts:
     from model.world_model_env import WorldModelEnv
 
     device = _device(agent)
-    sampler = SamplerConfig(num_steps_denoising=cfg.denoising_steps or agent.denoising_steps)
+    sampler = SamplerConfig(num_steps_denoising=cfg.denoising_steps or agent.denoising_steps,
+                            still_levels=cfg.still_levels)
     generator = torch.Generator(device).manual_seed(cfg.seed)  # the sampler's noise and the sampled rew/end
     wm_env = WorldModelEnv(agent, sampler=sampler, generator=generator, precision=cfg.precision)
     obs_ctx, act_ctx = real.context()
@@ -277,7 +279,8 @@ def measure_fidelity(agent, game: str, cfg: FidelityConfig = FidelityConfig(), o
     if agent.num_actions != num_actions:
         raise UserError(f"the agent has {agent.num_actions} actions but {game} has {num_actions}")
     agent.eval()
-    cfg = replace(cfg, denoising_steps=cfg.denoising_steps or agent.denoising_steps)  # the report names the steps
+    cfg = replace(cfg, denoising_steps=cfg.denoising_steps or agent.denoising_steps,  # the report names them
+                  still_levels=agent.still_levels if cfg.still_levels is None else cfg.still_levels)
     real = record_real(agent, game, cfg)
     fake = imagine(agent, real, cfg)
     result = {"game": game, **asdict(cfg), **compare(real, fake)}

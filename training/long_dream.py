@@ -27,6 +27,7 @@ class BoardConfig:
     seed: int = 0
     precision: str = "float32"
     denoising_steps: int | None = None  # None: the weights' own (`Agent.denoising_steps`)
+    still_levels: float | None = None  # None: the weights' own (`Agent.still_levels`)
 
 
 def static_board(game: str, size: int, num_steps: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +81,8 @@ def measure_board(agent, game: str, cfg: BoardConfig = BoardConfig()) -> dict:
                                                    policy="random"))
     pool_obs, pool_act = pool.context()
     device = next(agent.parameters()).device
-    sampler = SamplerConfig(num_steps_denoising=cfg.denoising_steps or agent.denoising_steps)
+    sampler = SamplerConfig(num_steps_denoising=cfg.denoising_steps or agent.denoising_steps,
+                            still_levels=cfg.still_levels)
     generator = torch.Generator(device).manual_seed(cfg.seed)
     env = WorldModelEnv(agent, sampler=sampler, generator=generator, precision=cfg.precision)
     pick = torch.Generator().manual_seed(cfg.seed)

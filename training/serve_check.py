@@ -38,6 +38,7 @@ class ServeCheckConfig:
     seed: int = 0
     precision: str = "float32"
     denoising_steps: int | None = None  # None: the weights' own (`Agent.denoising_steps`)
+    still_levels: float | None = None  # None: the weights' own (`Agent.still_levels`)
 
 
 def has_serve_check(game: str) -> bool:
@@ -173,7 +174,8 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     kind (not JSON)}."""
     context = agent.denoiser.cfg.num_steps_conditioning
     dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
-                               denoising_steps=cfg.denoising_steps or agent.denoising_steps)
+                               denoising_steps=cfg.denoising_steps or agent.denoising_steps,
+                               still_levels=cfg.still_levels)
     serves = record_serves(game, cfg.clips, context, cfg.steps, cfg.seed)
     noop_act = serves.act.clone()
     noop_act[:, context - 1:][noop_act[:, context - 1:] == FIRE] = NOOP  # no FIRE at all: nothing may serve

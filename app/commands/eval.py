@@ -55,6 +55,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--contexts", type=int, default=8, help="with --fidelity: rollouts compared (default 8)")
     p.add_argument("--denoising-steps", type=int, default=None,
                    help="with --fidelity: sampler steps (default: the weights' own, else 3)")
+    p.add_argument("--still-levels", type=float, default=None, metavar="L",
+                   help="with --fidelity: a dreamed pixel that moved by at most L levels (of 255) from the last frame "
+                        "keeps its value (default: the weights' own, else 0, off)")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="with --fidelity: world-model precision policy (default float32, the reference's numbers; "
                         "auto: bfloat16 where the device runs it natively)")
@@ -83,7 +86,7 @@ def _check_args(args: argparse.Namespace) -> None:
     require_at_least(args, 1, "threads", "max_steps")
     if args.fidelity:
         require_at_least(args, 1, "horizon", "contexts", "board_dreams", "denoising_steps")
-        require_at_least(args, 0, "serve_clips")
+        require_at_least(args, 0, "serve_clips", "still_levels")
     else:
         require_at_least(args, 1, "episodes", "num_envs")
 
@@ -203,7 +206,7 @@ def _run_fidelity(args: argparse.Namespace) -> int:
 
     cfg = FidelityConfig(horizon=args.horizon, contexts=args.contexts, seed=args.seed,
                          denoising_steps=args.denoising_steps, policy=args.policy,
-                         precision=args.precision)
+                         precision=args.precision, still_levels=args.still_levels)
     game = resolve_game(args.game)
     agent = load_agent(args.weights, game=game, device=args.device)  # once, for both checks
     result = {"weights": args.weights or "default", **measure_fidelity(agent, game, cfg, args.out)}
@@ -239,7 +242,7 @@ def _run_board(args: argparse.Namespace, agent, game: str) -> dict:
     from training.long_dream import BoardConfig, board_strip, measure_board
 
     cfg = BoardConfig(steps=args.board_steps, dreams=args.board_dreams, seed=args.seed, precision=args.precision,
-                      denoising_steps=args.denoising_steps)
+                      denoising_steps=args.denoising_steps, still_levels=args.still_levels)
     board = measure_board(agent, game, cfg)
     print()
     print(f"the board over a long dream ({cfg.dreams} dreams, random actions, restarted when the model ends a game; "
@@ -259,7 +262,7 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
     from training.serve_check import NEAR, ServeCheckConfig, measure_serves
 
     cfg = ServeCheckConfig(clips=args.serve_clips, seed=args.seed, precision=args.precision,
-                           denoising_steps=args.denoising_steps)
+                           denoising_steps=args.denoising_steps, still_levels=args.still_levels)
     serves = measure_serves(agent, game, cfg)
     pct = lambda shares: [f"{x:.0%}" for x in shares]
     print()
