@@ -18,6 +18,8 @@ def test_shipped_breakout_loads_and_describes_itself():
     assert info["game"] == "Breakout" and "dreamarcade train" in info["trained_with"]
     agent = load_agent(None, "Breakout")
     assert agent.num_actions == 4 and not agent.training
+    # the dream settings the README's figures were measured with travel in the file
+    assert agent.denoising_steps == 2 and agent.still_levels == 4
 
 
 def test_play_without_arguments_runs_offline_from_shipped_weights(tmp_path):
