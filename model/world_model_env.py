@@ -64,7 +64,7 @@ class WorldModelEnv:
     @sampler.setter
     def sampler(self, cfg: SamplerConfig) -> None:
         if cfg.still_levels is None:
-            cfg = replace(cfg, still_levels=float(getattr(self.agent, "still_levels", 0.0)))
+            cfg = replace(cfg, still_levels=self.agent.still_levels)
         # on the CPU, as the sampler keeps them (see `sample_next_obs`)
         self._sigmas = karras_sigmas(cfg.num_steps_denoising, cfg.sigma_min, cfg.sigma_max, cfg.rho)
         self._sampler = cfg

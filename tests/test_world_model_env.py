@@ -90,6 +90,7 @@ def test_denoising_steps_setting(agent):
     class Wrapped:
         def __init__(self, agent):
             self.denoiser, self.rew_end = Counting(agent.denoiser), agent.rew_end
+            self.still_levels = agent.still_levels
 
     env = WorldModelEnv(Wrapped(agent), sampler=SamplerConfig(num_steps_denoising=2))
     env.reset(*contexts(1))
