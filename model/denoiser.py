@@ -68,6 +68,13 @@ class DenoiserConfig:
     # so there the prediction returns to the conditional mean, and the tilt acts only where it draws nothing yet.
     # 0: none
     false_appear_weight: float = 0.0
+    # > 0: `appear_weight` and `false_appear_weight` count only where the last real frame is flat (one colour, every
+    # channel within MOVING_THRESHOLD) for this many pixels around: an object appearing out of nothing (a serve, the
+    # ball 5 or more pixels from anything drawn), not an object at rest starting to move (Breakout's paddle leaving
+    # the wall it rested against: its wind-up at the wall is hidden, so it leaves on the 2nd or the 3rd LEFT press,
+    # and the tilt drew it leaving on the 2nd where 98% of the data stays) or a score digit turning. The mask reads
+    # the last frame only, the same for the target and for the estimate. 0: anywhere away from motion
+    appear_empty_radius: int = 0
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
@@ -236,7 +243,7 @@ class Denoiser(nn.Module):
         `moving_loss_weight` w, the pixels near what moved between the last two real conditioning frames weigh 1 + w
         (`moved_target_weight` v adds v among them where the target moved; `appear_weight` a adds a where the target
         moved away from them; `false_appear_weight` f adds f where the estimate moved away from them and the target
-        did not).
+        did not; with `appear_empty_radius` r those two only where the last frame is flat within r pixels).
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -289,14 +296,25 @@ def pixel_weights(cfg: DenoiserConfig, before: Tensor, last: Tensor, target: Ten
     extra = cfg.moving_loss_weight * near
     if cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight:  # these read the target
         moved = moving_pixels(last, target)
-        extra = extra + moved * (cfg.moved_target_weight * near + cfg.appear_weight * (1 - near))
+        away = 1 - near  # where something may appear
+        if cfg.appear_empty_radius:
+            away = away * flat_pixels(last, cfg.appear_empty_radius)
+        extra = extra + moved * (cfg.moved_target_weight * near + cfg.appear_weight * away)
         if cfg.false_appear_weight:
             drawn = moving_pixels(last, estimate)
-            extra = extra + cfg.false_appear_weight * drawn * (1 - moved) * (1 - near)
+            extra = extra + cfg.false_appear_weight * drawn * (1 - moved) * away
     return extra
 
 
 MOVING_THRESHOLD = 0.1  # in [-1, 1]: 13 of 255 levels, above the quantisation and colour noise of real frames
+
+
+def flat_pixels(frame: Tensor, radius: int) -> Tensor:
+    """(B, 3, H, W) frame in [-1, 1] -> (B, 1, H, W) 1.0 where every channel varies by at most MOVING_THRESHOLD over
+    the square of `radius` pixels around (nothing drawn there but one colour), else 0.0."""
+    size = 2 * radius + 1
+    spread = F.max_pool2d(frame, size, stride=1, padding=radius) + F.max_pool2d(-frame, size, stride=1, padding=radius)
+    return (spread.amax(1, keepdim=True) <= MOVING_THRESHOLD).to(frame.dtype)
 
 
 def moving_pixels(before: Tensor, after: Tensor, radius: int = 0) -> Tensor:

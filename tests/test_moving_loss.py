@@ -119,6 +119,28 @@ def test_the_false_appear_weight_reads_where_the_estimate_drew_what_the_target_l
     assert pixel_weights(tiny(4).denoiser, before, last, target, estimate) is None  # the reference's loss
 
 
+def test_with_an_empty_radius_only_what_appears_out_of_nothing_weighs_more():
+    """`appear_empty_radius` r: the appear weights count only where the last frame is one colour for r pixels around.
+    A paddle at rest that starts to move (its new pixels touch its old ones) and a digit that turns beside other
+    digits are not new; a ball out in the open is, and so is a second ball drawn there where none comes."""
+    cfg = dataclasses.replace(tiny(4).denoiser, appear_weight=5.0, false_appear_weight=10.0, appear_empty_radius=3)
+    last = torch.full((2, 3, 64, 64), -1.0)
+    last[:, 0, 58, 54:62] = 0.6  # the paddle at rest against the right wall
+    last[:, :, 1:5, 40:42] = 0.2  # a score digit
+    target, estimate = last.clone(), last.clone()
+    target[:, 0, 58, 51:54], target[:, 0, 58, 59:62] = 0.6, -1.0  # the paddle leaves 3 pixels left
+    target[:, :, 1:5, 43:45] = 0.2  # the digit turns (new strokes 1 pixel from the old)
+    target[:, :, 38:40, 30:32] = 0.6  # a serve, in the open
+    estimate[:, :, 45:47, 10:12] = 0.6  # a ball drawn in the open where none comes
+    estimate[:, 0, 57, 55:58] = 0.6  # and a row of paddle drawn beside the paddle at rest, where none comes
+    extra = pixel_weights(cfg, last, last, target, estimate)
+    assert (extra[:, :, 38:40, 30:32] == 5.0).all() and (extra[:, :, 45:47, 10:12] == 10.0).all()
+    assert (extra[:, :, 57:59] == 0).all() and (extra[:, :, 1:5] == 0).all()
+    anywhere = pixel_weights(dataclasses.replace(cfg, appear_empty_radius=0), last, last, target, estimate)
+    assert (anywhere[:, :, 58, 51:54] == 5.0).all() and (anywhere[:, :, 1:5, 43:45] == 5.0).all()  # without r
+    assert (anywhere[:, :, 57, 55:58] == 10.0).all()
+
+
 def test_the_false_appear_weight_reaches_the_loss():
     """An untrained network draws noise away from the ball: those pixels weigh 1 + f, linear in f."""
     plain, once, twice = agent_with(0.0), agent_with(0.0, false_appear=10.0), agent_with(0.0, false_appear=20.0)
@@ -136,7 +158,9 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     cfg = small_residual(4)
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
-    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight", "false_appear_weight"):
+    for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight", "false_appear_weight",
+                "appear_empty_radius"):
         del old["denoiser"][key]  # a config written before the options: read as off
     den = AgentConfig.from_dict(old).denoiser
     assert den.moving_loss_weight == den.moved_target_weight == den.appear_weight == den.false_appear_weight == 0.0
+    assert den.appear_empty_radius == 0
