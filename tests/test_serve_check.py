@@ -12,8 +12,8 @@ from model.agent import Agent
 from model.presets import tiny
 from training.fidelity import STRIP_HEADER_H
 from training.scripted import FIRE
-from training.serve_check import (ServeCheckConfig, ball_centres, count_balls, measure_serves, record_in_flight,
-                                  record_serves)
+from training.serve_check import (ServeCheckConfig, ball_centres, count_balls, measure_serves, paddle_at_wall,
+                                  record_at_wall, record_in_flight, record_serves)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONTEXT = tiny(4).denoiser.num_steps_conditioning
@@ -46,6 +46,18 @@ def test_real_clips_serve_at_the_first_step_and_fire_in_flight_does_nothing():
     assert (flights.act[:, CONTEXT - 1:-1] == FIRE).all()
 
 
+def test_real_wall_clips_stay_for_two_left_presses_and_leave_on_the_third():
+    walls = record_at_wall("Breakout", 3, CONTEXT, 7, seed=2)
+    stay, leave = walls["two_left"], walls["three_left"]
+    assert stay.obs.shape == leave.obs.shape == (3, CONTEXT + 7, 3, 64, 64)
+    assert (stay.obs[:, :CONTEXT] == leave.obs[:, :CONTEXT]).all()  # the same contexts, at the wall
+    assert paddle_at_wall(stay.obs).all() and (count_balls(stay.obs) == 0).all()
+    at_wall = paddle_at_wall(leave.obs[:, CONTEXT:])
+    assert at_wall[:, :2].all() and not at_wall[:, 2:].any()  # the 3rd LEFT press
+    assert (stay.act[:, CONTEXT - 1:-1] == torch.tensor([3, 3, 0, 0, 0, 0, 0])).all()  # padded with NOOP to 7
+    assert (stay.act[:, :CONTEXT - 1] == 2).all()  # RIGHT into the wall
+
+
 def _drawing(agent: Agent, ball: bool) -> Agent:
     """A denoiser that repeats the last context frame, and with `ball` also draws a ball at row 44, column 8."""
     def denoise(x, sigma, obs, act):
@@ -67,9 +79,11 @@ def test_a_model_that_always_draws_a_ball_serves_and_doubles_one_that_never_does
     assert never["serve_two"] == always["serve_two"] == [0.0, 0.0]  # one ball drawn where none was
     # repeating the last frame keeps the ball where it was: drawn, but one step on it has flown away from it
     assert never["in_flight_drawn"] == [1.0, 1.0] and never["in_flight_near"][1] < 1.0
-    assert always["strip"].shape[0] == 6 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 3 serves, 3 in flight
+    # repeating the last frame never leaves the wall: right after LEFT LEFT, wrong after the third LEFT
+    assert never["wall_two_left"] == never["wall_two_left_real"] == never["wall_three_left"] == [1.0, 1.0]
+    assert always["strip"].shape[0] == 9 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 3 serves, 3 in flight, 3 at the wall
     few = measure_serves(_drawing(Agent(tiny(4)).eval(), ball=False), "Breakout", ServeCheckConfig(clips=1, steps=2))
-    assert few["clips"] == 1 and few["strip"].shape[0] == 2 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 1 of each
+    assert few["clips"] == 1 and few["strip"].shape[0] == 3 * (STRIP_HEADER_H + 2 + 2 * 128 + 4)  # 1 of each
 
 
 def test_eval_fidelity_reports_the_serves(tmp_path, capsys):
@@ -83,6 +97,8 @@ def test_eval_fidelity_reports_the_serves(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "a ball after FIRE with none in play" in printed and "2+ balls, FIRE with one in flight" in printed
+    assert "LEFT LEFT then NOOPs: still at the wall" in printed
     saved = json.loads((out / "fidelity.json").read_text())["serves"]
     assert saved["clips"] == 3 and saved["serve_real"] == [1.0] * 6 and saved["second_ball_real"] == [0.0] * 6
+    assert saved["wall_two_left_real"] == [1.0] * 6 and saved["wall_three_left_real"] == [1.0, 1.0] + [0.0] * 4
     assert (out / "serves.png").is_file()

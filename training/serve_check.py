@@ -11,6 +11,11 @@ check asks each question on its own, from real contexts and with the real action
 - in flight: 4 real frames with one ball flying, then FIRE at every step: the share of dreams that show two
   balls or more (real: none), and, where the real ball is still in the region, the share that draw a ball and
   one within `NEAR` pixels of it (does the dream's ball fly where the real one does).
+- the paddle at the wall: 4 real frames with the paddle pushed into the right wall (RIGHT at each), then LEFT
+  twice and NOOPs, or LEFT three times and NOOPs: the share of dreams with the paddle still at the wall. The real
+  paddle winds up against the wall (ALE's paddle dial turns on past where the game draws it) and leaves it on the
+  third LEFT press, a state no frame shows; a model that leaves on the second drifts from the real game for as long
+  as the player stays there.
 A ball is a blob of bright pixels between the bricks and the paddle (`count_balls`), where the board is black.
 """
 from __future__ import annotations
@@ -23,10 +28,13 @@ import torch
 
 from training.episode_store import EpisodeStore
 from training.fidelity import FidelityConfig, Rollouts, imagine, strip_image
-from training.scripted import FIRE, NOOP, POLICIES, collect_serves
+from training.scripted import FIRE, LEFT, NOOP, POLICIES, RIGHT, collect_serves
 
 # rows and columns of a 64x64 frame between the lowest bricks and the paddle, inside the walls, per game
 BALL_REGION = {"Breakout": (slice(30, 55), slice(4, 60))}
+# the paddle's row and the columns left of where it rests against the right wall, per game (its red: R > 100, G < 100)
+PADDLE_WALL = {"Breakout": (58, slice(3, 58))}
+WALL_MOVES = {"two_left": (LEFT, LEFT, NOOP, NOOP, NOOP, NOOP), "three_left": (LEFT, LEFT, LEFT, NOOP, NOOP, NOOP)}
 BRIGHT = 60  # a ball pixel: some channel above this (the board there is black; a ball is drawn at ~200)
 NEAR = 3  # a dreamed ball "follows" the real one when their centres are at most this many pixels apart (each axis)
 
@@ -165,6 +173,42 @@ def record_in_flight(game: str, clips: int, context: int, steps: int, seed: int)
     return _rollouts(np.stack(out_obs), np.stack(out_act), context)
 
 
+def paddle_at_wall(frames: torch.Tensor | np.ndarray, game: str = "Breakout") -> np.ndarray:
+    """Frames (..., 3, 64, 64) uint8 -> bool array of the leading shape: no paddle pixel left of the right wall's
+    resting place in the paddle's row (`PADDLE_WALL`)."""
+    row, cols = PADDLE_WALL[game]
+    line = np.asarray(frames)[..., row, cols]  # (..., 3, w)
+    return ~((line[..., 0, :] > 100) & (line[..., 1, :] < 100)).any(-1)
+
+
+def record_at_wall(game: str, clips: int, context: int, steps: int, seed: int) -> dict[str, Rollouts]:
+    """`clips` real contexts with no ball in play and the paddle pushed into the right wall (`context` frames at the
+    wall, RIGHT at each, after 0-29 random moves), each followed by every sequence of `WALL_MOVES` (cut or padded
+    with NOOP to `steps`) from the same emulator state -> {name: Rollouts}. With no ball served the frames are those of a new game whatever
+    the moves before: the clips differ in the sampler's noise, not in what they show."""
+    from training.atari_env import make_atari_env
+
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
+    out = {name: ([], []) for name in WALL_MOVES}
+    while len(out["two_left"][0]) < clips:
+        env.reset(seed=int(rng.integers(1 << 31)))
+        moves = [*rng.choice([NOOP, RIGHT, LEFT], int(rng.integers(0, 30))), *[RIGHT] * (context + 12)]
+        frames = [env.step(int(a))[0].transpose(2, 0, 1) for a in moves]  # no FIRE: no ball, no life lost
+        if not paddle_at_wall(np.stack(frames[-context:]), game).all():
+            continue
+        state = ale.cloneState()
+        for name, seq in WALL_MOVES.items():
+            ale.restoreState(state)
+            seq = [*seq[:steps], *[NOOP] * (steps - len(seq))]
+            after = [env.step(a)[0].transpose(2, 0, 1) for a in seq]
+            out[name][0].append(np.stack(frames[-context:] + after))
+            out[name][1].append(np.array(moves[-context + 1:] + seq + [NOOP]))  # act[t] leads from frame t
+    env.close()
+    return {name: _rollouts(np.stack(obs), np.stack(act), context) for name, (obs, act) in out.items()}
+
+
 @torch.no_grad()
 def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig()) -> dict:
     """The shares of dreams (per dreamed step 1..cfg.steps) -> {"serve" (a ball after FIRE), "serve_two" (2+
@@ -181,6 +225,7 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     noop_act[:, context - 1:][noop_act[:, context - 1:] == FIRE] = NOOP  # no FIRE at all: nothing may serve
     noops = Rollouts(serves.obs, noop_act, serves.rew, serves.end, serves.valid, serves.pad)
     flights = record_in_flight(game, cfg.clips, context, cfg.steps, cfg.seed)
+    walls = record_at_wall(game, cfg.clips, context, cfg.steps, cfg.seed)
     dreams = {name: imagine(agent, real, dream_cfg) for name, real in
               (("serve", serves), ("noop", noops), ("in_flight", flights))}
     centres = {name: ball_centres(d.obs[:, context:], game) for name, d in dreams.items()}  # (N, steps)
@@ -190,9 +235,15 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     one = flight_balls == 1  # the in-flight shares below count only these (the real ball still in the region)
     near = _near(flight_centres, centres["in_flight"], one)
     share = lambda hit: [float(x) for x in hit.mean(0)]
+    wall_dreams = {name: imagine(agent, real, dream_cfg) for name, real in walls.items()}
+    wall = {}  # the paddle at the wall
+    for name, real in walls.items():
+        wall[f"wall_{name}"] = share(paddle_at_wall(wall_dreams[name].obs[:, context:], game))
+        wall[f"wall_{name}_real"] = share(paddle_at_wall(real.obs[:, context:], game))
     among = lambda hit: [float(x) for x in (hit & one).sum(0) / np.maximum(one.sum(0), 1)]
-    strip = np.concatenate([strip_image(real, dreams[name], i, columns=cfg.steps)  # up to 3 clips of each kind
-                            for name, real in (("serve", serves), ("in_flight", flights))
+    strip = np.concatenate([strip_image(real, dream, i, columns=cfg.steps)  # up to 3 clips of each kind
+                            for real, dream in ((serves, dreams["serve"]), (flights, dreams["in_flight"]),
+                                                (walls["two_left"], wall_dreams["two_left"]))
                             for i in range(min(3, len(real.act)))])
     return {"clips": len(serves.act), "steps": cfg.steps, "denoising_steps": dream_cfg.denoising_steps,
             "serve": share(balls["serve"] >= 1),
@@ -202,4 +253,4 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
             "second_ball": share(balls["in_flight"] >= 2),
             "second_ball_real": share(flight_balls >= 2),
             "in_flight_drawn": among(balls["in_flight"] >= 1), "in_flight_near": among(near),
-            "strip": strip}
+            **wall, "strip": strip}

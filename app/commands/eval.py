@@ -266,7 +266,8 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
     serves = measure_serves(agent, game, cfg)
     pct = lambda shares: [f"{x:.0%}" for x in shares]
     print()
-    print(f"FIRE and the ball ({cfg.clips} real clips of each kind; the share of dreams, steps after the action):")
+    print(f"FIRE and the ball, the paddle at the wall ({cfg.clips} real clips of each kind; the share of dreams, steps "
+          "after the action):")
     print(_table(["", *(f"step {t}" for t in range(1, cfg.steps + 1))], [
         ["a ball after FIRE with none in play (a serve)", *pct(serves["serve"])],
         ["  2+ balls (served at several places)", *pct(serves["serve_two"])],
@@ -276,8 +277,13 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
         ["  the real game", *pct(serves["second_ball_real"])],
         ["the ball in flight drawn (FIRE pressed)", *pct(serves["in_flight_drawn"])],
         [f"  within {NEAR} pixels of the real one", *pct(serves["in_flight_near"])],
+        ["the paddle pushed into the right wall, LEFT LEFT then NOOPs: still at the wall", *pct(serves["wall_two_left"])],
+        ["  the real game (the paddle winds up there: it leaves on the 3rd LEFT)", *pct(serves["wall_two_left_real"])],
+        ["LEFT LEFT LEFT then NOOPs: still at the wall", *pct(serves["wall_three_left"])],
+        ["  the real game", *pct(serves["wall_three_left_real"])],
     ]))
     path = Path(args.out) / "serves.png"
     iio.imwrite(path, serves.pop("strip"))
-    print(f"wrote {path} (up to 3 serves, then 3 FIREs with a ball in flight: real above, imagined below)")
+    print(f"wrote {path} (up to 3 serves, 3 FIREs with a ball in flight, 3 LEFT LEFT at the wall: real above, "
+          "imagined below)")
     return {**serves, "serves_strip": str(path)}
