@@ -50,7 +50,7 @@ def test_real_wall_clips_stay_for_two_left_presses_and_leave_on_the_third():
     walls = record_at_wall("Breakout", 3, CONTEXT, 7, seed=2)
     stay, leave = walls["two_left"], walls["three_left"]
     assert stay.obs.shape == leave.obs.shape == (3, CONTEXT + 7, 3, 64, 64)
-    assert (stay.obs[:, :CONTEXT] == leave.obs[:, :CONTEXT]).all()  # the same contexts, at the wall
+    assert (stay.obs[:, :CONTEXT] == leave.obs[:, :CONTEXT]).all()  # the same context, at the wall
     assert paddle_at_wall(stay.obs).all() and (count_balls(stay.obs) == 0).all()
     at_wall = paddle_at_wall(leave.obs[:, CONTEXT:])
     assert at_wall[:, :2].all() and not at_wall[:, 2:].any()  # the 3rd LEFT press
@@ -97,7 +97,7 @@ def test_eval_fidelity_reports_the_serves(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "a ball after FIRE with none in play" in printed and "2+ balls, FIRE with one in flight" in printed
-    assert "LEFT LEFT then NOOPs: still at the wall" in printed
+    assert "paddle pushed into the wall, LEFT LEFT: still there" in printed
     saved = json.loads((out / "fidelity.json").read_text())["serves"]
     assert saved["clips"] == 3 and saved["serve_real"] == [1.0] * 6 and saved["second_ball_real"] == [0.0] * 6
     assert saved["wall_two_left_real"] == [1.0] * 6 and saved["wall_three_left_real"] == [1.0, 1.0] + [0.0] * 4

@@ -11,8 +11,9 @@ check asks each question on its own, from real contexts and with the real action
 - in flight: 4 real frames with one ball flying, then FIRE at every step: the share of dreams that show two
   balls or more (real: none), and, where the real ball is still in the region, the share that draw a ball and
   one within `NEAR` pixels of it (does the dream's ball fly where the real one does).
-- the paddle at the wall: 4 real frames with the paddle pushed into the right wall (RIGHT at each), then LEFT
-  twice and NOOPs, or LEFT three times and NOOPs: the share of dreams with the paddle still at the wall. The real
+- the paddle at the wall: 4 real frames of a new game with the paddle pushed into the right wall (RIGHT at each),
+  then LEFT twice and NOOPs, or LEFT three times and NOOPs: the share of dreams with the paddle still at the wall
+  (one context, the dreams differ in the sampler's noise). The real
   paddle winds up against the wall (ALE's paddle dial turns on past where the game draws it) and leaves it on the
   third LEFT press, a state no frame shows; a model that leaves on the second drifts from the real game for as long
   as the player stays there.
@@ -182,31 +183,28 @@ def paddle_at_wall(frames: torch.Tensor | np.ndarray, game: str = "Breakout") ->
 
 
 def record_at_wall(game: str, clips: int, context: int, steps: int, seed: int) -> dict[str, Rollouts]:
-    """`clips` real contexts with no ball in play and the paddle pushed into the right wall (`context` frames at the
-    wall, RIGHT at each, after 0-29 random moves), each followed by every sequence of `WALL_MOVES` (cut or padded
-    with NOOP to `steps`) from the same emulator state -> {name: Rollouts}. With no ball served the frames are those of a new game whatever
-    the moves before: the clips differ in the sampler's noise, not in what they show."""
+    """A new game's paddle pushed into the right wall (`context` frames at the wall, RIGHT at each, no ball served),
+    then each sequence of `WALL_MOVES` (cut or padded with NOOP to `steps`) from that emulator state -> {name:
+    Rollouts of `clips` copies}: with no ball in play every new game shows the same frames there, so the dreams of
+    a clip differ in the sampler's noise only."""
     from training.atari_env import make_atari_env
 
-    rng = np.random.default_rng(seed)
     env = make_atari_env(game, train=True, seed=seed)
-    ale = env.unwrapped.ale
-    out = {name: ([], []) for name in WALL_MOVES}
-    while len(out["two_left"][0]) < clips:
-        env.reset(seed=int(rng.integers(1 << 31)))
-        moves = [*rng.choice([NOOP, RIGHT, LEFT], int(rng.integers(0, 30))), *[RIGHT] * (context + 12)]
-        frames = [env.step(int(a))[0].transpose(2, 0, 1) for a in moves]  # no FIRE: no ball, no life lost
-        if not paddle_at_wall(np.stack(frames[-context:]), game).all():
-            continue
-        state = ale.cloneState()
-        for name, seq in WALL_MOVES.items():
-            ale.restoreState(state)
-            seq = [*seq[:steps], *[NOOP] * (steps - len(seq))]
-            after = [env.step(a)[0].transpose(2, 0, 1) for a in seq]
-            out[name][0].append(np.stack(frames[-context:] + after))
-            out[name][1].append(np.array(moves[-context + 1:] + seq + [NOOP]))  # act[t] leads from frame t
+    env.reset(seed=seed)
+    moves = [RIGHT] * (context + 12)  # across from the middle, then wound up against the wall
+    frames = [env.step(a)[0].transpose(2, 0, 1) for a in moves][-context:]
+    if not paddle_at_wall(np.stack(frames), game).all():
+        raise RuntimeError(f"{game}: the paddle did not reach the right wall")
+    state = env.unwrapped.ale.cloneState()
+    out = {}
+    for name, seq in WALL_MOVES.items():
+        env.unwrapped.ale.restoreState(state)
+        seq = [*seq[:steps], *[NOOP] * (steps - len(seq))]
+        obs = np.stack(frames + [env.step(a)[0].transpose(2, 0, 1) for a in seq])
+        act = np.array(moves[-context + 1:] + seq + [NOOP])  # act[t] leads from frame t
+        out[name] = _rollouts(np.repeat(obs[None], clips, 0), np.repeat(act[None], clips, 0), context)
     env.close()
-    return {name: _rollouts(np.stack(obs), np.stack(act), context) for name, (obs, act) in out.items()}
+    return out
 
 
 @torch.no_grad()
@@ -214,8 +212,9 @@ def measure_serves(agent, game: str, cfg: ServeCheckConfig = ServeCheckConfig())
     """The shares of dreams (per dreamed step 1..cfg.steps) -> {"serve" (a ball after FIRE), "serve_two" (2+
     balls after FIRE: a serve at several places), "serve_real", "noop", "second_ball", "second_ball_real",
     "in_flight_drawn" and "in_flight_near" (of the in-flight dreams whose real frame shows one ball: a ball drawn,
-    one within `NEAR` pixels of it): [share], "clips", "strip": uint8 (H, W, 3) image of up to 3 clips of each
-    kind (not JSON)}."""
+    one within `NEAR` pixels of it), "wall_two_left", "wall_three_left" (the paddle still at the wall, `WALL_MOVES`)
+    and their "..._real": [share], "clips", "strip": uint8 (H, W, 3) image of up to 3 clips of each kind (not
+    JSON)}."""
     context = agent.denoiser.cfg.num_steps_conditioning
     dream_cfg = FidelityConfig(horizon=cfg.steps, contexts=cfg.clips, seed=cfg.seed, precision=cfg.precision,
                                denoising_steps=cfg.denoising_steps or agent.denoising_steps,

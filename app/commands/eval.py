@@ -277,9 +277,9 @@ def _run_serves(args: argparse.Namespace, agent, game: str) -> dict:
         ["  the real game", *pct(serves["second_ball_real"])],
         ["the ball in flight drawn (FIRE pressed)", *pct(serves["in_flight_drawn"])],
         [f"  within {NEAR} pixels of the real one", *pct(serves["in_flight_near"])],
-        ["the paddle pushed into the right wall, LEFT LEFT then NOOPs: still at the wall", *pct(serves["wall_two_left"])],
-        ["  the real game (the paddle winds up there: it leaves on the 3rd LEFT)", *pct(serves["wall_two_left_real"])],
-        ["LEFT LEFT LEFT then NOOPs: still at the wall", *pct(serves["wall_three_left"])],
+        ["paddle pushed into the wall, LEFT LEFT: still there", *pct(serves["wall_two_left"])],
+        ["  the real game (wound up: leaves on the 3rd LEFT)", *pct(serves["wall_two_left_real"])],
+        ["LEFT LEFT LEFT: still at the wall", *pct(serves["wall_three_left"])],
         ["  the real game", *pct(serves["wall_three_left_real"])],
     ]))
     path = Path(args.out) / "serves.png"
