@@ -110,10 +110,10 @@ def test_the_paddle_leaves_the_right_wall_on_the_third_left_press():
     paddle stays for two LEFT presses, NOOPs between them or not, and moves on the third."""
     from training.atari_env import make_atari_env
     from training.scripted import LEFT, NOOP, RIGHT
+    from training.serve_check import paddle_at_wall
 
-    def at_wall(frame) -> bool:  # the paddle's row: any red paddle pixel left of the right wall's corner?
-        row = np.asarray(frame)[58, 3:58]
-        return not ((row[:, 0] > 100) & (row[:, 1] < 100)).any()
+    def at_wall(frame) -> bool:  # frame (H, W, 3), as the env gives it
+        return bool(paddle_at_wall(np.asarray(frame).transpose(2, 0, 1)))
 
     env = make_atari_env("Breakout", train=True, seed=0)
     for moves in ([LEFT] * 3, [LEFT, NOOP, LEFT, NOOP, LEFT], [LEFT, NOOP, NOOP, LEFT, NOOP, NOOP, LEFT]):
