@@ -88,6 +88,33 @@ def test_serve_clips_wait_then_serve_with_a_real_context(tmp_path, capsys):
     assert "--serves must be at least 1" in capsys.readouterr().err
 
 
+def test_wall_clips_press_the_paddle_into_a_wall_then_move_at_random(tmp_path, capsys):
+    from training.scripted import LEFT, RIGHT
+    from training.serve_check import paddle_at_wall
+
+    out = tmp_path / "walls"
+    assert main(["collect", "--game", "Breakout", "--walls", "16", "--seed", "5", "--out", str(out)]) == 0
+    assert "16 wall clips" in capsys.readouterr().out
+    store = EpisodeStore(out, static=True)
+    assert store.num_episodes == 16
+    sides, after_wall = set(), []
+    for i in range(len(store)):
+        ep = store[i]
+        into = int(ep.act[0])
+        sides.add(into)
+        assert into in (RIGHT, LEFT) and ep.trunc[-1] != ep.end[-1]  # cut after the random moves, or a lost life
+        run = int(np.argmin(ep.act == into))  # the run into the wall and the presses held there
+        if into == RIGHT and not ep.end.any():
+            assert len(ep) - run <= 10 and paddle_at_wall(ep.obs[run])  # at the right wall when the random moves begin
+            after_wall.extend(ep.act[run:].tolist())
+    assert sides == {RIGHT, LEFT}
+    assert set(after_wall) == {0, 1, 2, 3}
+    assert main(["collect", "--walls", "0", "--out", str(out)]) == 2
+    assert "--walls must be at least 1" in capsys.readouterr().err
+    assert main(["collect", "--walls", "2", "--serves", "2", "--out", str(out)]) == 2
+    assert "one of them per run" in capsys.readouterr().err
+
+
 def test_hold_one_with_no_skill_is_uniform_random_play(tmp_path, capsys):
     """--skill 0 0 --hold 1 1 draws a new action every step (as eval --fidelity's random policy); the default
     distracted player holds its moves 2-6 steps."""

@@ -172,6 +172,65 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
     return {"clips": num_clips, "steps": steps, "served": served}
 
 
+def collect_walls(game: str, store: EpisodeStore, num_clips: int, seed: int = 0, lead: tuple[int, int] = (0, 100),
+                  steps: int = 10, right: float = 0.75, progress: bool = True) -> dict:
+    """`num_clips` clips of `game`'s paddle pressed into a side wall into `store`: the scripted player plays
+    U{lead} steps unrecorded (a rally, bricks broken), then the clip records the paddle run into the right wall
+    (chance `right`) or the left one, held there 0-3 more steps, and `steps` uniformly random actions after
+    (truncated; a lost life ends it early).
+
+    Why: pushed into the right wall Breakout's paddle stays for two LEFT presses and leaves on the third (RIGHT
+    winds it back; the left wall lets go at once), state that only the context's actions show. Uniform random
+    play meets the wall that way a few hundred times in 100k steps, and a world model weighing every appearing
+    pixel heavily draws the paddle leaving on the second press (see the README's Training section). -> stats
+    (clips, steps, wall_steps: recorded steps taken with the paddle at the wall)."""
+    check_game(game)
+    if not 0 <= lead[0] <= lead[1]:
+        raise ValueError(f"lead must be 0 <= MIN <= MAX, got {lead}")
+    rng = np.random.default_rng(seed)
+    env = make_atari_env(game, train=True, seed=seed)
+    ale = env.unwrapped.ale
+    total = at_wall = 0
+    obs, _ = env.reset()
+    with tqdm(total=num_clips, desc=f"walls {game}", unit="clip", disable=not progress) as bar:
+        for _ in range(num_clips):
+            player = POLICIES[game](rng, skill=float(rng.uniform(0.9, 1.0)))
+            done = False
+            for _ in range(int(rng.integers(lead[0], lead[1] + 1))):  # unrecorded play before the clip
+                obs, _, end, trunc, _ = env.step(player.act(ale.getRAM()))
+                if end or trunc:
+                    obs, _ = env.reset()
+            into = RIGHT if rng.random() < right else LEFT
+            frames, acts, rews, ends = [], [], [], []
+            extra, random_left, last_x, arrived = int(rng.integers(0, 4)), steps, -1, False
+            while random_left > 0:
+                x = int(ale.getRAM()[_PADDLE_X])
+                arrived = arrived or x == last_x  # the last press into the wall did not move it
+                if not arrived:
+                    act, last_x = into, x
+                elif extra > 0:  # at the wall: press on into it a few more times
+                    act, extra = into, extra - 1
+                else:  # then play at random from there
+                    act, random_left = int(rng.integers(4)), random_left - 1
+                    at_wall += 1
+                next_obs, rew, end, trunc, _ = env.step(act)
+                frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
+                obs = next_obs
+                if end or trunc:
+                    done = True
+                    break
+            truncs = [False] * len(acts)
+            truncs[-1] = not ends[-1]
+            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
+                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
+            total += len(acts)
+            bar.update(1)
+            if done:
+                obs, _ = env.reset()
+    env.close()
+    return {"clips": num_clips, "steps": total, "wall_steps": at_wall}
+
+
 def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
                            skill: tuple[float, float] = (0.6, 0.95), full_games: bool = True,
                            progress: bool = True) -> dict:

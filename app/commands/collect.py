@@ -22,6 +22,11 @@ One trained on many serve clips learns the opposite, that FIRE always brings a b
 --fire-in-flight Q the player presses FIRE instead of moving with chance Q while the ball is in flight, where it
 does nothing.
 
+With --walls N it records N clips of the paddle run into a side wall (the right one 3 times in 4), held there,
+then 10 uniformly random actions. Pushed into the right wall, Breakout's paddle stays for two LEFT presses and
+leaves on the third: state that only the context's actions show, and that uniform random play meets a few
+hundred times in 100k steps.
+
 scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
 
 examples:
@@ -29,6 +34,7 @@ examples:
   dreamarcade collect --game Breakout --serves 1200 --out data/breakout/serves --seed 101
   dreamarcade collect --game Breakout --steps 80000 --fire-in-flight 0.5 --out data/breakout/fire --seed 51
   dreamarcade collect --game Breakout --steps 30000 --skill 0 0 --hold 1 1 --out data/breakout/uniform --seed 61
+  dreamarcade collect --game Breakout --walls 3000 --out data/breakout/walls --seed 71
   dreamarcade train --game Breakout --preset breakout --dataset data/breakout --run-dir runs/bk-wm
 """
 
@@ -42,6 +48,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="record N serve clips (a wait, the serve, --serve-steps of play) instead of --steps of play")
     p.add_argument("--serve-steps", type=int, metavar="K", default=12,
                    help="with --serves: steps recorded after each serve (default 12; fewer: the serve is more of the data)")
+    p.add_argument("--walls", type=int, metavar="N", default=None,
+                   help="record N clips of the paddle pressed into a side wall, then random moves, instead of --steps")
     p.add_argument("--out", metavar="DIR", required=True, help="episode store to write (created; added to if it exists)")
     p.add_argument("--seed", type=int, default=0, help="seed of the game and the player (default 0)")
     p.add_argument("--skill", type=float, nargs=2, default=(0.93, 0.995), metavar=("MIN", "MAX"),
@@ -62,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     game = resolve_game(args.game)
     check_game(game)
-    require_at_least(args, 1, "serves", "steps")
+    require_at_least(args, 1, "serves", "walls", "steps")
+    if args.serves is not None and args.walls is not None:
+        raise UserError("--serves and --walls record different clips: one of them per run")
     require_at_least(args, 0, "serve_steps")
     if not 0 <= args.skill[0] <= args.skill[1] <= 1:
         raise UserError(f"--skill needs 0 <= MIN <= MAX <= 1, got {args.skill[0]} {args.skill[1]}")
@@ -70,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--hold needs 1 <= MIN <= MAX, got {args.hold[0]} {args.hold[1]}")
     if not 0 <= args.fire_in_flight <= 1:
         raise UserError(f"--fire-in-flight needs 0 <= Q <= 1, got {args.fire_in_flight}")
-    if args.serves is not None and args.fire_in_flight:
-        raise UserError("--fire-in-flight is for --steps of play, not --serves clips")
+    if (args.serves is not None or args.walls is not None) and args.fire_in_flight:
+        raise UserError("--fire-in-flight is for --steps of play, not --serves or --walls clips")
     from training.episode_store import EpisodeStore
-    from training.scripted import collect_scripted, collect_serves
+    from training.scripted import collect_scripted, collect_serves, collect_walls
 
     store = EpisodeStore(args.out)
     before = store.num_steps
@@ -81,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
         stats = collect_serves(game, store, args.serves, seed=args.seed, follow=args.serve_steps)
         print(f"{game}: {stats['clips']} serve clips, {stats['steps']} steps (the ball served in {stats['served']}); "
               f"{args.out} now holds {before + stats['steps']} steps")
+        return 0
+    if args.walls is not None:
+        stats = collect_walls(game, store, args.walls, seed=args.seed)
+        print(f"{game}: {stats['clips']} wall clips, {stats['steps']} steps ({stats['wall_steps']} random moves from "
+              f"the wall); {args.out} now holds {before + stats['steps']} steps")
         return 0
     stats = collect_scripted(game, store, args.steps, seed=args.seed, skill=tuple(args.skill),
                              fire_in_flight=args.fire_in_flight, hold=tuple(args.hold))
