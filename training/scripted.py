@@ -180,9 +180,8 @@ def collect_walls(game: str, store: EpisodeStore, num_clips: int, seed: int = 0,
     (truncated; a lost life ends it early).
 
     Why: pushed into the right wall Breakout's paddle stays for two LEFT presses and leaves on the third (RIGHT
-    winds it back; the left wall lets go at once), state that only the context's actions show. Uniform random
-    play meets the wall that way a few hundred times in 100k steps, and a world model weighing every appearing
-    pixel heavily draws the paddle leaving on the second press (see the README's Training section). -> stats
+    winds it back; the left wall lets go at once), state that only the context's actions show, and a world model
+    weighing every appearing pixel heavily draws the paddle leaving on the second press (see the README). -> stats
     (clips, steps, wall_steps: recorded steps taken with the paddle at the wall)."""
     check_game(game)
     if not 0 <= lead[0] <= lead[1]:

@@ -24,8 +24,7 @@ does nothing.
 
 With --walls N it records N clips of the paddle run into a side wall (the right one 3 times in 4), held there,
 then 10 uniformly random actions. Pushed into the right wall, Breakout's paddle stays for two LEFT presses and
-leaves on the third: state that only the context's actions show, and that uniform random play meets a few
-hundred times in 100k steps.
+leaves on the third: state that only the context's actions show.
 
 scripted players: Breakout (follows the ball, aims off-centre to vary the angles)
 
