@@ -141,23 +141,17 @@ def collect_serves(game: str, store: EpisodeStore, num_clips: int, seed: int = 0
             moves = [int(rng.choice([NOOP, RIGHT, LEFT]))] * int(rng.integers(wait[0], wait[1] + 1))
             for i in range(1, len(moves)):  # a wait's moves are held for a few steps, as a player does
                 moves[i] = moves[i - 1] if rng.random() < 0.7 else int(rng.choice([NOOP, RIGHT, LEFT]))
-            frames, acts, rews, ends = [], [], [], []
-            done = False
-            for t in range(len(moves) + 1 + follow):
-                act = moves[t] if t < len(moves) else FIRE if t == len(moves) else player.act(ale.getRAM())
-                next_obs, rew, end, trunc, _ = env.step(act)
-                frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
-                obs = next_obs
-                if t == len(moves):
+
+            def act_at(t: int) -> int | None:
+                nonlocal served
+                if t == len(moves) + 1:  # the step after FIRE: did the ball come?
                     served += int(player.in_play(ale.getRAM()))
-                if end or trunc:
-                    done = True
-                    break
-            truncs = [False] * len(acts)
-            truncs[-1] = not ends[-1]
-            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
-                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
-            steps += len(acts)
+                if t > len(moves) + follow:
+                    return None
+                return moves[t] if t < len(moves) else FIRE if t == len(moves) else player.act(ale.getRAM())
+
+            obs, n, done = _record_clip(env, store, obs, act_at)
+            steps += n
             bar.update(1)
             while not done:  # lose the rest of the life, unrecorded: keep the paddle away from the ball
                 ram = ale.getRAM()
@@ -194,40 +188,55 @@ def collect_walls(game: str, store: EpisodeStore, num_clips: int, seed: int = 0,
     with tqdm(total=num_clips, desc=f"walls {game}", unit="clip", disable=not progress) as bar:
         for _ in range(num_clips):
             player = POLICIES[game](rng, skill=float(rng.uniform(0.9, 1.0)))
-            done = False
             for _ in range(int(rng.integers(lead[0], lead[1] + 1))):  # unrecorded play before the clip
                 obs, _, end, trunc, _ = env.step(player.act(ale.getRAM()))
                 if end or trunc:
                     obs, _ = env.reset()
             into = RIGHT if rng.random() < right else LEFT
-            frames, acts, rews, ends = [], [], [], []
             extra, random_left, last_x, arrived = int(rng.integers(0, 4)), steps, -1, False
-            while random_left > 0:
+
+            def act_at(t: int) -> int | None:
+                nonlocal extra, random_left, last_x, arrived, at_wall
                 x = int(ale.getRAM()[_PADDLE_X])
                 arrived = arrived or x == last_x  # the last press into the wall did not move it
                 if not arrived:
-                    act, last_x = into, x
-                elif extra > 0:  # at the wall: press on into it a few more times
-                    act, extra = into, extra - 1
-                else:  # then play at random from there
-                    act, random_left = int(rng.integers(4)), random_left - 1
-                    at_wall += 1
-                next_obs, rew, end, trunc, _ = env.step(act)
-                frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
-                obs = next_obs
-                if end or trunc:
-                    done = True
-                    break
-            truncs = [False] * len(acts)
-            truncs[-1] = not ends[-1]
-            store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
-                              trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
-            total += len(acts)
+                    last_x = x
+                    return into
+                if extra > 0:  # at the wall: press on into it a few more times
+                    extra -= 1
+                    return into
+                if random_left == 0:
+                    return None
+                random_left -= 1  # then play at random from there
+                at_wall += 1
+                return int(rng.integers(4))
+
+            obs, n, done = _record_clip(env, store, obs, act_at)
+            total += n
             bar.update(1)
             if done:
                 obs, _ = env.reset()
     env.close()
     return {"clips": num_clips, "steps": total, "wall_steps": at_wall}
+
+
+def _record_clip(env, store: EpisodeStore, obs: np.ndarray, act_at) -> tuple[np.ndarray, int, bool]:
+    """Plays `act_at(t)` for t = 0, 1, ... from `obs` until it gives None (the clip is cut there) or the life ends,
+    and writes the clip to `store` as one episode -> (the env's next observation, steps, whether the life ended)."""
+    frames, acts, rews, ends = [], [], [], []
+    done = False
+    while (act := act_at(len(acts))) is not None:
+        next_obs, rew, end, trunc, _ = env.step(act)
+        frames.append(obs.transpose(2, 0, 1)), acts.append(act), rews.append(rew), ends.append(end)
+        obs = next_obs
+        if end or trunc:
+            done = True
+            break
+    truncs = [False] * len(acts)
+    truncs[-1] = not ends[-1]
+    store.add(Episode(obs=np.stack(frames), act=np.array(acts), rew=np.array(rews), end=np.array(ends),
+                      trunc=np.array(truncs), final_obs=obs.transpose(2, 0, 1)))
+    return obs, len(acts), done
 
 
 def collect_demonstrations(game: str, store: EpisodeStore, num_steps: int, seed: int = 0,
