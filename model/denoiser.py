@@ -75,12 +75,21 @@ class DenoiserConfig:
     # and the tilt drew it leaving on the 2nd where 98% of the data stays) or a score digit turning. The mask reads
     # the last frame only, the same for the target and for the estimate. 0: anywhere away from motion
     appear_empty_radius: int = 0
+    # > 0 (needs `appear_empty_radius` r): where the last frame is NOT flat within r pixels and nothing moved in the
+    # conditioning (an object at rest: the paddle against a wall, a score digit), the pixels where the target or
+    # the network's own estimate (detached) differ from the last frame weigh 1 + this. Both sides alike, so no tilt:
+    # the prediction stays the conditional mean, but a choice that only the context's actions decide (Breakout's
+    # paddle leaves the right wall on the 3rd LEFT press, not the 2nd) weighs as much as a moving ball does, where
+    # under the plain weight of 1 it is lost among 4,096 static pixels. 0: none
+    rest_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not len(self.depths) == len(self.channels) == len(self.attn_depths):
             raise ValueError("denoiser depths, channels and attn_depths must have the same length")
         if self.cond_channels % (2 * self.num_steps_conditioning):
             raise ValueError("denoiser cond_channels must be a multiple of 2 * num_steps_conditioning")
+        if self.rest_weight and not self.appear_empty_radius:
+            raise ValueError("denoiser rest_weight needs appear_empty_radius > 0 (what is not flat is at rest)")
 
 
 @dataclass
@@ -243,7 +252,8 @@ class Denoiser(nn.Module):
         `moving_loss_weight` w, the pixels near what moved between the last two real conditioning frames weigh 1 + w
         (`moved_target_weight` v adds v among them where the target moved; `appear_weight` a adds a where the target
         moved away from them; `false_appear_weight` f adds f where the estimate moved away from them and the target
-        did not; with `appear_empty_radius` r those two only where the last frame is flat within r pixels).
+        did not; with `appear_empty_radius` r those two only where the last frame is flat within r pixels, and
+        `rest_weight` k adds k where it is not, nothing moved and the target or the estimate changed).
         """
         n = self.cfg.num_steps_conditioning
         num_targets = batch.obs.shape[1] - n
@@ -275,7 +285,7 @@ class Denoiser(nn.Module):
             # mean over the elements of non-padded targets (= F.mse_loss on the masked rows, never NaN)
             num = (mask.sum() * next_obs[0].numel()).clamp(min=1)
             estimate = None
-            if i < num_targets - 1 or self.cfg.false_appear_weight:
+            if i < num_targets - 1 or self.cfg.false_appear_weight or self.cfg.rest_weight:
                 estimate = self.wrap_output(noisy_next_obs, output.detach(), cs, base)
             extra = pixel_weights(self.cfg, clean[n + i - 2], clean[n + i - 1], next_obs, estimate)
             weight = mask if extra is None else mask * (1 + extra)
@@ -290,19 +300,24 @@ def pixel_weights(cfg: DenoiserConfig, before: Tensor, last: Tensor, target: Ten
                   ) -> Tensor | None:
     """The extra loss weight of each pixel, (B, 1, H, W), from the last two real conditioning frames, the target and
     the network's own estimate of it (needed only with `false_appear_weight`); None with every option off."""
-    if not (cfg.moving_loss_weight or cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight):
+    if not (cfg.moving_loss_weight or cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight
+            or cfg.rest_weight):
         return None
     near = moving_pixels(before, last, cfg.moving_radius)
     extra = cfg.moving_loss_weight * near
-    if cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight:  # these read the target
+    if cfg.moved_target_weight or cfg.appear_weight or cfg.false_appear_weight or cfg.rest_weight:  # read the target
         moved = moving_pixels(last, target)
         away = 1 - near  # where something may appear
-        if cfg.appear_empty_radius:
-            away = away * flat_pixels(last, cfg.appear_empty_radius)
+        flat = flat_pixels(last, cfg.appear_empty_radius) if cfg.appear_empty_radius else None
+        at_rest = away * (1 - flat) if cfg.rest_weight else None  # by an object that did not move
+        if flat is not None:
+            away = away * flat
         extra = extra + moved * (cfg.moved_target_weight * near + cfg.appear_weight * away)
+        drawn = moving_pixels(last, estimate) if cfg.false_appear_weight or cfg.rest_weight else None
         if cfg.false_appear_weight:
-            drawn = moving_pixels(last, estimate)
             extra = extra + cfg.false_appear_weight * drawn * (1 - moved) * away
+        if cfg.rest_weight:
+            extra = extra + cfg.rest_weight * torch.maximum(moved, drawn) * at_rest
     return extra
 
 

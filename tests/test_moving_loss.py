@@ -141,6 +141,34 @@ def test_with_an_empty_radius_only_what_appears_out_of_nothing_weighs_more():
     assert (anywhere[:, :, 57, 55:58] == 10.0).all()
 
 
+def test_the_rest_weight_weighs_a_resting_object_s_change_either_way():
+    """`rest_weight` k: beside an object at rest (the last frame not flat within r, nothing moved in the conditioning),
+    the pixels where the target changed and those where the estimate drew a change weigh 1 + k alike (no tilt); in
+    the open the appear weights stay as they were, and near what moves neither counts."""
+    cfg = dataclasses.replace(tiny(4).denoiser, appear_weight=5.0, false_appear_weight=10.0, appear_empty_radius=3,
+                              rest_weight=7.0)
+    last = torch.full((2, 3, 64, 64), -1.0)
+    last[:, 0, 58, 54:62] = 0.6  # the paddle at rest against the right wall
+    last[:, :, 1:5, 40:42] = 0.2  # a score digit
+    target, estimate = last.clone(), last.clone()
+    target[:, 0, 58, 51:54] = 0.6  # the paddle leaves 3 pixels left (in the target)
+    estimate[:, 0, 58, 51:53] = 0.6  # and the estimate drew part of that too
+    estimate[:, 0, 57, 55:58] = 0.6  # a row of paddle drawn beside it, where none comes
+    target[:, :, 1:5, 43:45] = 0.2  # the digit turns
+    target[:, :, 38:40, 30:32] = 0.6  # a serve, in the open
+    estimate[:, :, 45:47, 10:12] = 0.6  # a ball drawn in the open where none comes
+    extra = pixel_weights(cfg, last, last, target, estimate)
+    assert (extra[:, :, 58, 51:54] == 7.0).all() and (extra[:, :, 57, 55:58] == 7.0).all()  # either way, once
+    assert (extra[:, :, 1:5, 43:45] == 7.0).all()
+    assert (extra[:, :, 38:40, 30:32] == 5.0).all() and (extra[:, :, 45:47, 10:12] == 10.0).all()  # as without k
+    assert int((extra == 7.0).sum()) == 2 * (3 + 3 + 8)  # nowhere else
+    moving = last.clone()
+    moving[:, 0, 58, 54:62], moving[:, 0, 58, 57:65 - 1] = -1.0, 0.6  # the paddle moved into the last frame
+    assert pixel_weights(cfg, moving, last, target, estimate)[:, :, 58, 51:54].eq(0).all()  # near motion: not rest
+    with pytest.raises(ValueError, match="rest_weight needs appear_empty_radius"):
+        dataclasses.replace(cfg, appear_empty_radius=0)
+
+
 def test_the_false_appear_weight_reaches_the_loss():
     """An untrained network draws noise away from the ball: those pixels weigh 1 + f, linear in f."""
     plain, once, twice = agent_with(0.0), agent_with(0.0, false_appear=10.0), agent_with(0.0, false_appear=20.0)
@@ -159,8 +187,8 @@ def test_the_gradient_reaches_the_network_and_the_default_is_the_references():
     assert AgentConfig.from_dict(cfg.to_dict()) == cfg
     old = cfg.to_dict()
     for key in ("moving_loss_weight", "moving_radius", "moved_target_weight", "appear_weight", "false_appear_weight",
-                "appear_empty_radius"):
+                "appear_empty_radius", "rest_weight"):
         del old["denoiser"][key]  # a config written before the options: read as off
     den = AgentConfig.from_dict(old).denoiser
     assert den.moving_loss_weight == den.moved_target_weight == den.appear_weight == den.false_appear_weight == 0.0
-    assert den.appear_empty_radius == 0
+    assert den.appear_empty_radius == 0 and den.rest_weight == 0.0
